@@ -1,0 +1,186 @@
+r"""The `explore` command line (T5X conventions: gin files, --gin.NAME=VALUE).
+
+  explore run --gin_file=quickstart.gin --gin.RUN_DIR="'/tmp/explore'"
+  explore clusters --gin_file=quickstart.gin --gin.RUN_DIR="'/tmp/explore'"
+  explore status --gin_file=quickstart.gin --gin.RUN_DIR="'/tmp/explore'"
+  python -m explore.main run --gin_file=quickstart.gin --cpu_devices=8 ...
+
+Commands: `run` (every stage), `status` (each stage's state), or one or more
+stage names (each runs after the stages it needs that are not complete yet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+
+from explore import gin_config
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_multi_string("gin_file", [], "Gin file(s), repeatable; later files win. "
+                          "Resolved against --gin_search_paths and the package's configs/.")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the files. "
+                          "Shorthand: --gin.NAME=VALUE.")
+flags.DEFINE_list("gin_search_paths", [], "Extra folders to look for gin files and includes in.")
+flags.DEFINE_integer("cpu_devices", None, "Emulate this many CPU devices (set before JAX starts).")
+flags.DEFINE_bool("force", False, "Redo the named stages even if complete (stages after them are "
+                  "rebuilt).")
+flags.DEFINE_bool("dry_run", False, "Load, validate and print the config, then stop.")
+flags.DEFINE_enum("multihost", "auto", ["auto", "true", "false"],
+                  "Call jax.distributed.initialize(): auto = when a multi-host TPU slice or a "
+                  "coordinator address is detected.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU clusters).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("log_all_processes", False, "Log from every process, not only process 0.")
+flags.DEFINE_bool("traceback", False, "On an input or config error, show the full traceback "
+                  "instead of the one-line message.")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Settings every run has: where its artifacts live and the global seed."""
+
+  run_dir: str = gin.REQUIRED
+  seed: int = 0
+
+  def __post_init__(self):
+    if not isinstance(self.run_dir, (str, os.PathLike)) or not str(self.run_dir):
+      raise gin_config.ConfigError(
+          f"RunConfig.run_dir must be a non-empty path string, got {self.run_dir!r} "
+          "(quote it in flags: --gin.RUN_DIR=\"'/tmp/run'\")")
+    if not isinstance(self.seed, int):
+      raise gin_config.ConfigError(f"RunConfig.seed must be an int, got {self.seed!r}")
+
+
+def _emulate_cpu_devices(n: int) -> None:
+  if n < 1:
+    raise gin_config.ConfigError(f"--cpu_devices must be >= 1, got {n}")
+  if "jax" in sys.modules:
+    logging.warning("--cpu_devices=%d set after JAX was imported; it may not take effect", n)
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={n}").strip()
+
+
+def _multihost_requested() -> bool:
+  if FLAGS.multihost != "auto":
+    return FLAGS.multihost == "true"
+  if FLAGS.coordinator_address:
+    return True
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return "," in hosts or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def _initialize_distributed() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if not _multihost_requested():
+    return
+  kwargs = {}
+  if FLAGS.coordinator_address:
+    kwargs = dict(coordinator_address=FLAGS.coordinator_address,
+                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  jax.distributed.initialize(**kwargs)
+  if jax.process_index() != 0 and not FLAGS.log_all_processes:
+    logging.set_verbosity(logging.WARNING)
+
+
+def _print_status(rows) -> None:
+  print(f"{'stage':<14}{'state':<10}{'size':>12}  {'config':<18}current")
+  for row in rows:
+    size = f"{row['bytes'] / 1e6:.2f} MB" if row["bytes"] else "-"
+    print(f"{row['stage']:<14}{row['state']:<10}{size:>12}  {row['config_hash'] or '-':<18}"
+          f"{row['current'] or '-'}")
+
+
+def run_command(command: Sequence[str]) -> int:
+  """Runs one CLI command after flags are parsed; returns the exit status."""
+  from explore import stages  # pylint: disable=g-import-not-at-top
+  from explore import rundir  # pylint: disable=g-import-not-at-top
+
+  if not command:
+    raise gin_config.ConfigError("missing command: explore {run,status,<stage>...} "
+                                 "(see explore --help)")
+  if FLAGS.cpu_devices is not None:
+    _emulate_cpu_devices(FLAGS.cpu_devices)
+  stages.load_builtin_stages()
+  from explore import partitioning  # pylint: disable=g-import-not-at-top
+  gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  config = RunConfig()
+  targets = list(command)
+  if targets == ["run"]:
+    targets = sorted(stages.registered_stages())
+  elif targets != ["status"]:
+    stages.execution_order(targets)  # unknown stage names fail before any work
+  if FLAGS.dry_run:
+    print(gin.config_str())
+    print(f"# dry run: would run {targets} in {config.run_dir}")
+    return 0
+
+  _initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.create_mesh(partitioning.MeshConfig())
+  devices = jax.devices()
+  logging.info("JAX %s: %d %s devices (%d processes, this is process %d)", jax.__version__,
+               len(devices), devices[0].platform, jax.process_count(), jax.process_index())
+  logging.info("%s", partitioning.describe_mesh(mesh))
+
+  run_dir = rundir.RunDir(config.run_dir)
+  if targets == ["status"]:
+    _print_status(stages.status_table(run_dir, config.seed))
+    return 0
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    path = gin_config.write_config(config.run_dir, gin.config_str())
+    logging.info("config written to %s", path)
+  done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force)
+  if is_chief:
+    gin_config.write_config(config.run_dir, gin.operative_config_str())
+  for name, action in done:
+    logging.info("%-12s %s", name, {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action])
+  return 0
+
+
+_USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+
+
+def main(argv: Sequence[str]) -> None:
+  try:
+    status = run_command(argv[1:])
+  except (*_USER_ERRORS, RuntimeError) as e:
+    is_gin_required = isinstance(e, RuntimeError) and "Required bindings" in str(e)
+    if FLAGS.traceback or (isinstance(e, RuntimeError) and not is_gin_required):
+      raise
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if is_gin_required:
+      message = message.splitlines()[0]
+    print(f"explore: error: {message}", file=sys.stderr)
+    sys.exit(1)
+  sys.exit(status)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl flag parsing after rewriting --gin.NAME=VALUE; bad flags exit 2 with a message."""
+  try:
+    argv = gin_config.rewrite_gin_args(argv)
+    return FLAGS(argv)
+  except (gin_config.ConfigError, flags.Error) as e:
+    print(f"explore: error: {e}\nSee explore --help.", file=sys.stderr)
+    sys.exit(2)
+
+
+def console_main() -> None:
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  console_main()

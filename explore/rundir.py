@@ -1,0 +1,150 @@
+"""The run directory: one folder per stage, each with a manifest.
+
+Layout:
+  RUN_DIR/config.gin               the operative gin config (process 0)
+  RUN_DIR/<stage>/MANIFEST.json    a complete stage: config, inputs, summary
+  RUN_DIR/<stage>/...              the stage's artifacts
+  RUN_DIR/<stage>.partial/         a stage being written (kept for resume)
+
+A stage writes into `<stage>.partial/`; only when it finishes is that folder
+renamed to `<stage>/`, replacing the previous complete version. A failure or
+a kill therefore never damages a complete stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from explore import artifacts
+
+MANIFEST = "MANIFEST.json"
+MANIFEST_VERSION = 1
+PARTIAL_SUFFIX = ".partial"
+
+
+class RunDirError(ValueError):
+  """A run directory whose contents cannot be used with the current settings."""
+
+
+def fingerprint(obj: Any) -> str:
+  """A stable short hash of a JSON-able object."""
+  blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=repr)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class StageManifest:
+  """What a stage was made with and what it produced."""
+
+  stage: str
+  status: str  # "partial" or "complete"
+  config: dict[str, Any]
+  config_hash: str
+  inputs: dict[str, str]  # upstream stage -> its fingerprint when this stage ran
+  fingerprint: str
+  started: float
+  finished: float | None = None
+  summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+  version: int = MANIFEST_VERSION
+
+  @classmethod
+  def new(cls, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]
+          ) -> "StageManifest":
+    config_hash = fingerprint(config)
+    return cls(stage=stage, status="partial", config=dict(config), config_hash=config_hash,
+               inputs=dict(inputs), fingerprint=fingerprint([stage, config_hash, dict(inputs)]),
+               started=time.time())
+
+  @classmethod
+  def read(cls, path: Path) -> "StageManifest":
+    data = artifacts.read_json(path)
+    if data.get("version") != MANIFEST_VERSION:
+      raise RunDirError(f"{path}: manifest version {data.get('version')} is not "
+                        f"{MANIFEST_VERSION}; redo the stage with --force")
+    try:
+      return cls(**data)
+    except TypeError as e:
+      raise RunDirError(f"{path}: malformed manifest ({e})") from None
+
+  def write(self, path: Path) -> None:
+    artifacts.atomic_write_json(path, dataclasses.asdict(self))
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """Human-readable differences between two flat stage configs."""
+  lines = []
+  for key in sorted(set(old) | set(new)):
+    if old.get(key, "<unset>") != new.get(key, "<unset>"):
+      lines.append(f"{key}: {old.get(key, '<unset>')!r} on disk, {new.get(key, '<unset>')!r} now")
+  return lines
+
+
+class RunDir:
+  """Stage folders, manifests and the config file of one run."""
+
+  def __init__(self, root: str | os.PathLike):
+    self.root = Path(root)
+    if self.root.exists() and not self.root.is_dir():
+      raise RunDirError(f"RUN_DIR {self.root} exists and is not a directory")
+
+  def complete_path(self, stage: str) -> Path:
+    return self.root / stage
+
+  def partial_path(self, stage: str) -> Path:
+    return self.root / (stage + PARTIAL_SUFFIX)
+
+  def manifest(self, stage: str) -> StageManifest | None:
+    """The manifest of the complete version of `stage`, if any."""
+    path = self.complete_path(stage) / MANIFEST
+    return StageManifest.read(path) if path.exists() else None
+
+  def partial_manifest(self, stage: str) -> StageManifest | None:
+    path = self.partial_path(stage) / MANIFEST
+    return StageManifest.read(path) if path.exists() else None
+
+  def state(self, stage: str) -> str:
+    """'complete', 'partial' (being written or interrupted) or 'missing'."""
+    if self.partial_path(stage).exists():
+      return "partial"
+    if self.manifest(stage) is not None:
+      return "complete"
+    return "missing"
+
+  def begin(self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]) -> Path:
+    """Opens `<stage>.partial/` for writing; resumes it when made with the same settings.
+
+    A partial folder left by a run with other settings is discarded, so
+    artifacts made with different configs are never mixed.
+    """
+    manifest = StageManifest.new(stage, config, inputs)
+    path = self.partial_path(stage)
+    previous = self.partial_manifest(stage) if path.exists() else None
+    if path.exists() and (previous is None or previous.fingerprint != manifest.fingerprint):
+      shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if previous is not None and previous.fingerprint == manifest.fingerprint:
+      manifest.started = previous.started
+    manifest.write(path / MANIFEST)
+    return path
+
+  def finish(self, stage: str, summary: Mapping[str, Any] | None = None) -> StageManifest:
+    """Marks `<stage>.partial/` complete and swaps it in place of the old version."""
+    path = self.partial_path(stage)
+    manifest = StageManifest.read(path / MANIFEST)
+    manifest.status = "complete"
+    manifest.finished = time.time()
+    manifest.summary = json.loads(json.dumps(dict(summary or {}), default=repr))
+    manifest.write(path / MANIFEST)
+    artifacts.replace_folder(path, self.complete_path(stage))
+    return manifest
+
+  def size_bytes(self, stage: str) -> int:
+    path = self.partial_path(stage) if self.state(stage) == "partial" else self.complete_path(stage)
+    return artifacts.artifact_size_bytes(path)

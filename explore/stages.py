@@ -1,0 +1,183 @@
+"""Pipeline stages: registration, dependency order and make-like execution.
+
+A stage is a function of a `StageContext` that writes its artifacts into
+`ctx.path` and returns a small summary. It declares the stages it reads and
+the gin configurables whose bindings define its output; those bindings, the
+seed and the fingerprints of its inputs decide whether a complete stage is up
+to date (skipped), must be rebuilt (an input was remade), or conflicts with the
+current config (an error, unless `--force`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+from explore import gin_config
+from explore import rundir as rundir_lib
+
+# Modules that register the built-in stages when imported. They must import
+# heavy libraries (JAX, TensorFlow) inside the stage functions, not at the top.
+BUILTIN_STAGE_MODULES: tuple[str, ...] = ()
+
+
+class StageError(ValueError):
+  """An unknown stage, a dependency cycle, or artifacts from another config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  run: Callable[["StageContext"], Mapping[str, Any] | None]
+  deps: tuple[str, ...] = ()
+  configurables: tuple[str, ...] = ()
+  doc: str = ""
+
+
+@dataclasses.dataclass
+class StageContext:
+  """What a running stage sees: where to write, where its inputs are, the mesh."""
+
+  stage: Stage
+  run_dir: rundir_lib.RunDir
+  path: Path  # the folder to write this stage's artifacts into
+  seed: int
+  mesh: Any = None
+
+  def input_path(self, dep: str) -> Path:
+    if dep not in self.stage.deps:
+      raise StageError(f"stage {self.stage.name!r} reads {dep!r} but does not declare it in deps")
+    return self.run_dir.complete_path(dep)
+
+
+_REGISTRY: dict[str, Stage] = {}
+RESERVED_NAMES = ("run", "status", "recommend")
+
+
+def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = ()):
+  """Decorator registering a stage function under `name`."""
+  if name in RESERVED_NAMES:
+    raise StageError(f"{name!r} is a CLI command and cannot name a stage")
+
+  def decorator(fn):
+    _REGISTRY[name] = Stage(name=name, run=fn, deps=tuple(deps),
+                            configurables=tuple(configurables), doc=(fn.__doc__ or "").strip())
+    return fn
+
+  return decorator
+
+
+def unregister_stage(name: str) -> None:
+  _REGISTRY.pop(name, None)
+
+
+def load_builtin_stages() -> None:
+  for module in BUILTIN_STAGE_MODULES:
+    importlib.import_module(module)
+
+
+def registered_stages() -> dict[str, Stage]:
+  return dict(_REGISTRY)
+
+
+def execution_order(targets: Sequence[str]) -> list[Stage]:
+  """The targets and everything they depend on, dependencies first."""
+  order: list[Stage] = []
+  visiting: list[str] = []
+
+  def visit(name: str, wanted_by: str | None):
+    if name not in _REGISTRY:
+      who = f" (needed by {wanted_by!r})" if wanted_by else ""
+      known = ", ".join(sorted(_REGISTRY)) or "none registered"
+      raise StageError(f"unknown stage {name!r}{who}; stages: {known}")
+    if any(s.name == name for s in order):
+      return
+    if name in visiting:
+      raise StageError(f"stage dependency cycle: {' -> '.join(visiting + [name])}")
+    visiting.append(name)
+    for dep in _REGISTRY[name].deps:
+      visit(dep, name)
+    visiting.pop()
+    order.append(_REGISTRY[name])
+
+  for target in targets:
+    visit(target, None)
+  return order
+
+
+def stage_config(stage: Stage, seed: int) -> dict[str, Any]:
+  """The settings that define a stage's output: the seed and its configurables' bindings."""
+  config: dict[str, Any] = {"seed": seed}
+  for name in stage.configurables:
+    for param, value in gin_config.configurable_bindings(name).items():
+      config[f"{name}.{param}"] = value
+  return config
+
+
+def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
+            inputs: dict[str, str], force: bool) -> str:
+  """'skip', 'run' or 'rebuild' for one stage, or raises on a config conflict."""
+  manifest = run_dir.manifest(stage.name)
+  if force or run_dir.state(stage.name) != "complete" or manifest is None:
+    return "run"
+  if manifest.config_hash != rundir_lib.fingerprint(config):
+    diff = "\n  ".join(rundir_lib.config_diff(manifest.config, config))
+    raise StageError(
+        f"run directory {run_dir.root}: stage {stage.name!r} was made with another config:\n  "
+        f"{diff}\nUse --force to redo {stage.name!r} (stages after it are rebuilt), "
+        "or choose another RUN_DIR.")
+  if manifest.inputs != inputs:
+    return "rebuild"
+  return "skip"
+
+
+def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, mesh: Any = None,
+               force: bool = False) -> list[tuple[str, str]]:
+  """Runs `targets` after whatever they depend on that is not up to date.
+
+  Returns (stage, action) pairs, action in {'skip', 'run', 'rebuild'}.
+  `force` redoes the targets themselves; stages after a redone one are rebuilt.
+  """
+  order = execution_order(targets)
+  # Check every stage before running any, so a conflict is reported before work starts.
+  configs = {s.name: stage_config(s, seed) for s in order}
+  done: list[tuple[str, str]] = []
+  for stage in order:
+    inputs = {dep: run_dir.manifest(dep).fingerprint for dep in stage.deps}
+    action = _decide(stage, run_dir, configs[stage.name], inputs, force and stage.name in targets)
+    if action == "skip":
+      logging.info("stage %s: up to date, skipped", stage.name)
+      done.append((stage.name, action))
+      continue
+    if action == "rebuild":
+      logging.info("stage %s: an input was remade since it ran; rebuilding", stage.name)
+    path = run_dir.begin(stage.name, configs[stage.name], inputs)
+    logging.info("stage %s: running (writing %s)", stage.name, path)
+    start = time.time()
+    summary = stage.run(StageContext(stage=stage, run_dir=run_dir, path=path, seed=seed, mesh=mesh))
+    summary = dict(summary or {})
+    summary.setdefault("seconds", round(time.time() - start, 3))
+    run_dir.finish(stage.name, summary)
+    logging.info("stage %s: complete in %.1f s", stage.name, time.time() - start)
+    done.append((stage.name, action))
+  return done
+
+
+def status_table(run_dir: rundir_lib.RunDir, seed: int) -> list[dict[str, Any]]:
+  """One row per registered stage: state, size, config hash, whether it is current."""
+  rows = []
+  for stage in execution_order(sorted(_REGISTRY)):
+    state = run_dir.state(stage.name)
+    manifest = run_dir.manifest(stage.name)
+    row = {"stage": stage.name, "state": state, "bytes": run_dir.size_bytes(stage.name),
+           "config_hash": manifest.config_hash if manifest else "", "current": ""}
+    if manifest is not None:
+      same = manifest.config_hash == rundir_lib.fingerprint(stage_config(stage, seed))
+      row["current"] = "yes" if same else "no (config differs)"
+    rows.append(row)
+  return rows
