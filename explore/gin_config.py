@@ -177,6 +177,10 @@ def canonical_value(value: Any) -> Any:
   return repr(value)
 
 
+def is_registered(name: str) -> bool:
+  return gin.config._REGISTRY.get_match(name) is not None  # pylint: disable=protected-access
+
+
 def configurable_bindings(name: str) -> dict[str, Any]:
   """A configurable's parameters in canonical form: code defaults overlaid with bindings.
 

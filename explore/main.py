@@ -146,7 +146,10 @@ def run_command(command: Sequence[str]) -> int:
   if is_chief:
     gin_config.write_config(config.run_dir, gin.operative_config_str())
   for name, action in done:
-    logging.info("%-12s %s", name, {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action])
+    verb = {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action]
+    print(f"== {name}: {verb}")
+    if action != "skip" and is_chief:
+      print(stages.format_summary(run_dir.manifest(name).summary))
   return 0
 
 

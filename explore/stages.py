@@ -21,9 +21,15 @@ from absl import logging
 from explore import gin_config
 from explore import rundir as rundir_lib
 
-# Modules that register the built-in stages when imported. They must import
-# heavy libraries (JAX, TensorFlow) inside the stage functions, not at the top.
-BUILTIN_STAGE_MODULES: tuple[str, ...] = ()
+# Modules that register the built-in stages when imported (by the CLI, before the
+# gin files are parsed). Each imports the modules holding its gin configurables,
+# so their bindings and defaults are known when the stage's config is hashed;
+# TensorFlow and seqio stay inside the functions that use them.
+BUILTIN_STAGE_MODULES: tuple[str, ...] = (
+    "explore.data.stage",
+    "explore.clusters.stage",
+    "explore.transitions.stage",
+)
 
 
 class StageError(ValueError):
@@ -114,6 +120,9 @@ def stage_config(stage: Stage, seed: int) -> dict[str, Any]:
   """The settings that define a stage's output: the seed and its configurables' bindings."""
   config: dict[str, Any] = {"seed": seed}
   for name in stage.configurables:
+    if not gin_config.is_registered(name):
+      raise StageError(f"stage {stage.name!r} names gin configurable {name!r}, which is not "
+                       "registered (a typo, or its module is not imported by the stage module)")
     for param, value in gin_config.configurable_bindings(name).items():
       config[f"{name}.{param}"] = value
   return config
@@ -181,3 +190,25 @@ def status_table(run_dir: rundir_lib.RunDir, seed: int) -> list[dict[str, Any]]:
       row["current"] = "yes" if same else "no (config differs)"
     rows.append(row)
   return rows
+
+
+def format_summary(summary: Mapping[str, Any], indent: str = "  ", max_items: int = 8) -> str:
+  """A stage summary as indented `key: value` lines (long lists shortened)."""
+  lines = []
+  for key, value in summary.items():
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+      lines.append(f"{indent}{key}:")
+      for row in value[:max_items]:
+        lines.append(f"{indent}  - " + ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    elif isinstance(value, list):
+      shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in value[:max_items])
+      more = f", ... ({len(value)} in all)" if len(value) > max_items else ""
+      lines.append(f"{indent}{key}: [{shown}{more}]")
+    elif isinstance(value, dict) and value:
+      lines.append(f"{indent}{key}:")
+      lines.append(format_summary(value, indent + "  ", max_items))
+    else:
+      lines.append(f"{indent}{key}: {value:.4g}" if isinstance(value, float)
+                   else f"{indent}{key}: {value}")
+  return "\n".join(lines)

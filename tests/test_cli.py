@@ -38,9 +38,11 @@ def test_help_is_fast_and_imports_no_tensorflow():
 
 
 def test_run_logs_eight_devices_and_mesh_and_writes_config(tmp_path):
+  # The first stage only: tests/test_pipeline.py runs every stage of the quickstart.
   run_dir = tmp_path / "run"
-  result = explore("run", "--gin_file=configs/quickstart.gin", "--cpu_devices=8",
-                   f"--gin.RUN_DIR='{run_dir}'")
+  result = explore("data", "--gin_file=configs/quickstart.gin", "--cpu_devices=8",
+                   f"--gin.RUN_DIR='{run_dir}'", "--gin.SyntheticConfig.num_users=200",
+                   "--gin.SyntheticConfig.num_items=1000")
   assert result.returncode == 0, result.stderr
   assert "8 cpu devices" in result.stderr
   assert "mesh data=8 fsdp=1 model=1" in result.stderr

@@ -30,6 +30,7 @@ THIRD_PARTY = {
     "pyarrow": "pyarrow", "pytest": "pytest", "scipy": "scipy", "seqio": "seqio",
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
+    "ml_dtypes": "ml-dtypes",
 }
 HEADER = ('load("@rules_python//python:defs.bzl", "py_binary", "py_library", "py_test")\n'
           'load("@pip//:requirements.bzl", "requirement")\n\n'
@@ -188,9 +189,9 @@ def check() -> list[str]:
       if not owners:
         problems.append(f"{package}/{path.name} has no target in {package}/BUILD")
         continue
-      want = {_local(d, package) for d in imported_deps(path)}
+      want = {_local(d, package) for d in imported_deps(path)} - {":conftest"}
       for target in owners:
-        have = {d for d in target["deps"] if d != ":conftest"}
+        have = {d for d in target["deps"] if d != ":conftest"}  # pytest loads conftest itself
         if have != want:
           missing, extra = sorted(want - have), sorted(have - want)
           problems.append(f"{package}/BUILD target for {path.name}: deps disagree with imports "

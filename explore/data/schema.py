@@ -25,6 +25,23 @@ def _check_same_length(what: str, columns: Mapping[str, np.ndarray]) -> int:
   return next(iter(lengths.values()), 0)
 
 
+def _user_time_order(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+  """Stable order by (user, timestamp); ties keep input order.
+
+  One stable argsort of a combined int64 key is several times faster than
+  `np.lexsort` on tens of millions of rows; lexsort is the fallback when the
+  key would overflow.
+  """
+  if len(user) == 0:
+    return np.zeros(0, np.int64)
+  t0 = int(timestamp.min())
+  span = int(timestamp.max()) - t0 + 1
+  if (int(user.max()) + 1) * span < 2**62:
+    key = user.astype(np.int64) * span + (timestamp - t0)
+    return np.argsort(key, kind="stable")
+  return np.lexsort((timestamp, user))
+
+
 @dataclasses.dataclass(frozen=True)
 class Interactions:
   """One row per (user, item) event, sorted by user then time (ties keep input order).
@@ -67,7 +84,7 @@ class Interactions:
     """Builds sorted `Interactions` from unsorted dense columns (stable sort by user, time)."""
     user = np.asarray(user, np.int32)
     timestamp = np.asarray(timestamp, np.int64)
-    order = np.lexsort((timestamp, user))  # stable: ties keep input order
+    order = _user_time_order(user, timestamp)
     return cls(
         user=user[order], item=np.asarray(item, np.int32)[order], timestamp=timestamp[order],
         engagement=np.asarray(engagement, np.float32)[order],
