@@ -35,6 +35,7 @@ setuptools.setup(
         "sentencepiece",
         "grain",
         "pyarrow",
+        "safetensors",
     ],
     extras_require={
         # Cloud TPU VMs: JAX with libtpu.
@@ -44,7 +45,7 @@ setuptools.setup(
         # Tests and benchmarks. shellcheck (for launch/*.sh) is a Debian package:
         # apt-get install shellcheck. The checkpoint-import parity test also uses
         # transformers + a CPU build of torch, installed by .ci/run, never required.
-        "dev": ["pytest", "pytest-xdist", "safetensors"],
+        "dev": ["pytest", "pytest-xdist"],
     },
     entry_points={"console_scripts": ["explore=explore.main:console_main"]},
     classifiers=[

@@ -26,14 +26,14 @@ class ArtifactError(ValueError):
   """An artifact is missing, of the wrong kind, or of an unsupported version."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` via a temporary file and an atomic rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` via a temporary file and an atomic rename."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -43,18 +43,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  atomic_write_bytes(path, text.encode())
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
   atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, error: type[ValueError] = ArtifactError) -> Any:
+  """Parses a JSON file; a missing or malformed file raises `error` naming it."""
   path = Path(path)
   try:
     return json.loads(path.read_text())
   except FileNotFoundError:
-    raise ArtifactError(f"{path}: file not found") from None
+    raise error(f"{path}: file not found") from None
   except json.JSONDecodeError as e:
-    raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def replace_folder(new: Path, final: Path) -> None:

@@ -24,3 +24,16 @@ def movielens_small_dir():
   if not (MOVIELENS_SMALL / "ratings.csv").exists():
     pytest.skip(f"MovieLens latest-small not found at {MOVIELENS_SMALL} (../shared/data beside the checkout)")
   return MOVIELENS_SMALL
+
+
+# Cluster descriptions for tokenizer tests: two share a prefix ("drama, war" / "warfare").
+DESCRIPTIONS = ["hiking, trails, camping", "cooking, pasta, italian", "drama, war",
+                "warfare, history, documentary", "empty cluster 017"]
+
+
+@pytest.fixture
+def tokenizer(tmp_path):
+  """A SentencePiece tokenizer trained on DESCRIPTIONS and their prompts."""
+  from explore.llm import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  return tok_lib.train_sentencepiece(tok_lib.sentencepiece_corpus(DESCRIPTIONS),
+                                     tmp_path / "sp.model", vocab_size=1000)

@@ -6,7 +6,10 @@ import pytest
 from explore import gin_config
 from explore import main  # noqa: F401  (registers RunConfig)
 from explore import partitioning  # noqa: F401  (registers MeshConfig)
+from explore import stages
 import toy_stages  # noqa: F401  (registers toy configurables)
+
+stages.load_builtin_stages()  # the configurables that quickstart.gin binds
 
 
 @pytest.fixture(autouse=True)
