@@ -42,6 +42,8 @@ _EMBEDDING_ITEMS = flags.DEFINE_integer("embedding_items", 200_000,
 _EVENTS_PER_ITEM = flags.DEFINE_integer("events_per_item", 10, "Mean events per item in the log.")
 _EVENTS_PER_USER = flags.DEFINE_integer("events_per_user", 20, "Events per user in the log.")
 _WINDOW = flags.DEFINE_integer("window", 5, "Co-occurrence window.")
+_SPARSE_BACKEND = flags.DEFINE_enum("sparse_backend", "auto", ["auto", "scipy", "jax"],
+                                    "Where the SVD's sparse products run.")
 _AMI_SAMPLE = flags.DEFINE_integer("ami_sample", 50_000, "Items sampled for the AMI check.")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 0, "balanced_kmeans.chunk_size (0: default); "
                                    "larger chunks use an accelerator better.")
@@ -125,12 +127,13 @@ def main(argv):
                  f"{len(interactions):,} events, {interactions.num_users:,} users"))
     start = time.perf_counter()
     embeddings = co_engagement_embeddings(interactions, dim=_DIM.value, window=_WINDOW.value,
-                                          seed=_SEED.value)
+                                          seed=_SEED.value, sparse_backend=_SPARSE_BACKEND.value)
     seconds = time.perf_counter() - start
     stats = dict(embeddings.stats)
     rows.append(("embeddings", seconds, _peak_rss_mib(),
                  f"{_EMBEDDING_ITEMS.value:,} items, nnz {stats['nnz']:,}, "
-                 f"cold {stats['num_cold_items']:,}"))
+                 f"cold {stats['num_cold_items']:,}, {stats['sparse_backend']}"))
+    print(rows[-1], flush=True)
     tree = build_cluster_tree(embeddings, levels=(_TOPICS.value,), seed=_SEED.value)
     ami = ami_on_sample(topic_of_item, tree.item_to_cluster(0))
     rows[-1] = rows[-1][:3] + (rows[-1][3] + f", AMI of {_TOPICS.value} clusters {ami:.3f}",)
@@ -175,7 +178,8 @@ def main(argv):
         "device": f"{device.platform} ({device.device_kind})", "host": platform.node(),
         "flags": {name: flags.FLAGS[name].value for name in (
             "num_items", "dim", "levels", "strategy", "topics", "noise", "embedding_items",
-            "events_per_item", "events_per_user", "window", "chunk_size", "coarse_restarts",
+            "events_per_item", "events_per_user", "window", "sparse_backend", "chunk_size",
+            "coarse_restarts",
             "seed")},
         "rows": [{"part": p, "seconds": s, "peak_rss_mib": r, "notes": n} for p, s, r, n in rows],
         **results,

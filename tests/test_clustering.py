@@ -115,6 +115,23 @@ def test_weighted_clusters_balance_traffic_within_capacity(planted):
   assert load.max() - load.min() <= plain_load.max() - plain_load.min()
 
 
+def test_capacity_assignment_spills_a_crowded_cluster_greedily():
+  import jax.numpy as jnp
+  from explore.clusters.capacity_assignment import AssignConfig, capacity_assign
+
+  x = jnp.arange(10, dtype=jnp.float32)[:, None]  # every point is nearest to centroid 0
+  centroids = jnp.array([[0.0], [100.0], [200.0]])
+  cfg = AssignConfig(k=3, weighted=False, chunk_size=10, dual_passes=0, candidates=2,
+                     max_rounds=100)
+  assign, _, caps, rounds = capacity_assign(x, jnp.ones(10), jnp.ones(10, bool), centroids,
+                                            jnp.zeros(3), 100.0, cfg)
+  np.testing.assert_array_equal(caps, [4, 3, 3])  # the most demanded cluster gets the extra
+  # Round 1: cluster 0 keeps its 4 nearest; round 2: cluster 1 its 3 nearest of the rest;
+  # round 3: points 4-6 have run out of candidates, are re-ranked and go to cluster 2.
+  np.testing.assert_array_equal(assign, [0, 0, 0, 0, 2, 2, 2, 1, 1, 1])
+  assert int(rounds) == 3
+
+
 # --- errors -------------------------------------------------------------------
 
 

@@ -79,6 +79,22 @@ def test_randomized_svd_matches_numpy_top_singular_values():
                              np.linalg.svd(matrix)[2][:5], atol=1e-3)
 
 
+def test_device_sparse_products_match_scipy_across_chunks():
+  matrix = emb_lib.sp.random(30, 20, density=0.2, random_state=0, format="csr", dtype=np.float32)
+  times, times_transposed = emb_lib._device_products(matrix, chunk=7)  # 120 nonzeros, padded
+  rng = np.random.default_rng(0)
+  right, left = rng.normal(size=(20, 3)), rng.normal(size=(30, 3))
+  np.testing.assert_allclose(times(right), matrix @ right, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(times_transposed(left), matrix.T @ left, rtol=1e-5, atol=1e-5)
+
+
+def test_randomized_svd_backends_agree():
+  matrix = emb_lib.sp.random(60, 40, density=0.1, random_state=1, format="csr", dtype=np.float32)
+  _, host, _ = emb_lib.randomized_svd(matrix, rank=4, sparse_backend="scipy")
+  _, device, _ = emb_lib.randomized_svd(matrix, rank=4, sparse_backend="jax")
+  np.testing.assert_allclose(host, device, rtol=1e-4)
+
+
 def test_randomized_svd_rejects_rank_above_matrix_size():
   with pytest.raises(emb_lib.EmbeddingError, match="rank must be in"):
     emb_lib.randomized_svd(np.ones((5, 3)), rank=4)

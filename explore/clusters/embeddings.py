@@ -12,14 +12,16 @@ context-distribution smoothing):
 and factorised by a randomized truncated SVD (range finder with power
 iterations, Halko et al. 2011): embeddings = U * sqrt(S), L2-normalised, so a
 dot product is a cosine similarity. Everything is sparse or tall-and-skinny:
-memory is O(nnz + items x dim); the sparse products use scipy.sparse on the
-host, the dense QR/SVD run in jnp (on the accelerator when there is one).
+memory is O(nnz + items x dim). The dense QR/SVD run in jnp; the sparse
+products use scipy.sparse on the host, or a chunked COO scatter-add on the
+device when there is an accelerator (`sparse_backend`).
 Items without any co-engagement get a zero vector and are counted as cold.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Mapping
@@ -99,9 +101,8 @@ def co_engagement_counts(interactions: Interactions, window: int = 10,
     a, b = a[distinct], b[distinct]
     if a.size == 0:
       continue
-    ones = np.ones(a.size, np.float32)
-    counts = counts + sp.csr_matrix((ones, (a, b)), shape=(n, n))
-    counts = counts + sp.csr_matrix((ones, (b, a)), shape=(n, n))
+    counts = counts + sp.csr_matrix((np.ones(a.size, np.float32), (a, b)), shape=(n, n))
+  counts = (counts + counts.T).tocsr()  # earlier -> later plus later -> earlier
   counts.sum_duplicates()
   return counts
 
@@ -125,32 +126,80 @@ def shifted_ppmi(counts: sp.csr_matrix, shift: float = 1.0,
   return sppmi
 
 
+def _host_products(matrix):
+  """(dense -> M @ dense, dense -> M^T @ dense) on the host (scipy or numpy), as jnp arrays."""
+  transposed = matrix.T
+
+  def times(m):
+    return lambda dense: jnp.asarray(np.asarray(m @ np.asarray(dense)), jnp.float32)
+
+  return times(matrix), times(transposed)
+
+
+def _device_products(matrix, chunk: int = 1 << 24):
+  """(dense -> M @ dense, dense -> M^T @ dense) on the device, as COO scatter-adds.
+
+  The matrix lives on the device once, as int32 rows/cols and float32 values
+  (12 bytes per nonzero), in fixed-size chunks of nonzeros so that a chunk's
+  gathered rows bound the temporary memory.
+  """
+  coo = sp.coo_matrix(matrix)
+  chunk = min(chunk, max(coo.nnz, 1))
+  padded = -(-max(coo.nnz, 1) // chunk) * chunk
+
+  def column(values, dtype):  # [nnz] -> [chunks, chunk], zero-padded
+    out = np.zeros(padded, dtype)
+    out[:coo.nnz] = values
+    return jnp.asarray(out.reshape(-1, chunk))
+
+  rows, cols = column(coo.row, np.int32), column(coo.col, np.int32)
+  values = column(coo.data, np.float32)
+
+  @functools.partial(jax.jit, static_argnames=("num_out",))
+  def product(out_index, in_index, values, dense, num_out):
+    def body(acc, part):
+      o, i, v = part
+      return acc.at[o].add(v[:, None] * dense[i]), None  # [num_out, w]
+
+    acc = jnp.zeros((num_out, dense.shape[1]), jnp.float32)
+    return jax.lax.scan(body, acc, (out_index, in_index, values))[0]
+
+  n, p = matrix.shape
+  return (lambda dense: product(rows, cols, values, jnp.asarray(dense, jnp.float32), num_out=n),
+          lambda dense: product(cols, rows, values, jnp.asarray(dense, jnp.float32), num_out=p))
+
+
 def randomized_svd(matrix, rank: int, oversample: int = 10, power_iters: int = 4,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   seed: int = 0, sparse_backend: str = "scipy"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Top-`rank` SVD of a sparse or dense [n, p] matrix: (U [n, r], S [r], V [p, r]).
 
   Range finder on a Gaussian sketch of rank + oversample columns, with
   `power_iters` QR-orthonormalised power iterations (which sharpen a slowly
   decaying spectrum). Signs are fixed so each column of U has a positive sum
   of cubes, which makes the result independent of the QR's sign conventions.
+  `sparse_backend`: "scipy" multiplies on the host (single-threaded), "jax" on
+  the default device (fast on an accelerator; its scatter-add may sum in a
+  different order from run to run there).
   """
   n, p = matrix.shape
   if not 1 <= rank <= min(n, p):
     raise EmbeddingError(f"randomized_svd: rank must be in [1, {min(n, p)}] for a {n}x{p} "
                          f"matrix, got {rank}")
+  if sparse_backend not in ("scipy", "jax"):
+    raise EmbeddingError(f"randomized_svd: sparse_backend must be 'scipy' or 'jax', "
+                         f"got {sparse_backend!r}")
   width = min(rank + oversample, n, p)
-  transposed = matrix.T
-
-  def times(m, dense):  # host sparse (or dense) product, returned on the device
-    return jnp.asarray(np.asarray(m @ np.asarray(dense)), jnp.float32)
+  make = _device_products if sparse_backend == "jax" else _host_products
+  times, times_transposed = make(matrix)
 
   sketch = jax.random.normal(jax.random.PRNGKey(seed), (p, width), jnp.float32)
-  q, _ = jnp.linalg.qr(times(matrix, sketch))  # [n, w]
+  q, _ = jnp.linalg.qr(times(sketch))  # [n, w]
   for _ in range(power_iters):
-    z, _ = jnp.linalg.qr(times(transposed, q))  # [p, w]
-    q, _ = jnp.linalg.qr(times(matrix, z))  # [n, w]
+    z, _ = jnp.linalg.qr(times_transposed(q))  # [p, w]
+    q, _ = jnp.linalg.qr(times(z))  # [n, w]
   # B = Q^T M is [w, p]; factor B^T = Qb Rb so that B = Rb^T Qb^T and only w x w is dense-SVD'd.
-  qb, rb = jnp.linalg.qr(times(transposed, q))  # [p, w], [w, w]
+  qb, rb = jnp.linalg.qr(times_transposed(q))  # [p, w], [w, w]
   u_small, s, vt_small = jnp.linalg.svd(rb.T)  # [w, w], [w], [w, w]
   u = q @ u_small[:, :rank]  # [n, r]
   v = qb @ vt_small[:rank].T  # [p, r]
@@ -170,6 +219,7 @@ def co_engagement_embeddings(
     oversample: int = 10,
     power_iters: int = 2,
     seed: int = 0,
+    sparse_backend: str = "auto",
 ) -> ItemEmbeddings:
   """Item embeddings from co-engagement (see the module docstring).
 
@@ -183,6 +233,8 @@ def co_engagement_embeddings(
     context_smoothing: exponent on context counts (0.75 damps popular items).
     oversample, power_iters: randomized SVD accuracy knobs.
     seed: PRNG seed of the SVD sketch.
+    sparse_backend: where the SVD's sparse products run: "scipy" (host), "jax"
+      (default device), or "auto" (jax on an accelerator, scipy on CPU).
   """
   n = interactions.num_items
   if not 1 <= dim < n:
@@ -204,7 +256,9 @@ def co_engagement_embeddings(
     raise EmbeddingError(f"co_engagement_embeddings: no item pair is co-engaged >= {min_count} "
                          f"times within window {window}; nothing to embed")
   sppmi = shifted_ppmi(counts, shift, context_smoothing)
-  u, s, _ = randomized_svd(sppmi, dim, oversample, power_iters, seed)
+  if sparse_backend == "auto":
+    sparse_backend = "scipy" if jax.default_backend() == "cpu" else "jax"
+  u, s, _ = randomized_svd(sppmi, dim, oversample, power_iters, seed, sparse_backend)
   vectors = u * np.sqrt(s)[None, :]  # [n, dim]
   norms = np.linalg.norm(vectors, axis=1)  # [n]
   cold = (np.diff(sppmi.indptr) == 0) | (norms <= 1e-12)
@@ -212,7 +266,8 @@ def co_engagement_embeddings(
   stats = {
       "dim": dim, "window": window, "positives_only": positives_only, "min_count": min_count,
       "shift": shift, "context_smoothing": context_smoothing, "oversample": oversample,
-      "power_iters": power_iters, "seed": seed, "num_items": n, "num_events": num_events,
+      "power_iters": power_iters, "seed": seed, "sparse_backend": sparse_backend,
+      "num_items": n, "num_events": num_events,
       "co_engaged_pairs": num_pairs, "nnz": int(counts.nnz), "sppmi_nnz": int(sppmi.nnz),
       "num_cold_items": int(cold.sum()),
   }

@@ -1,11 +1,18 @@
 """The interest-cluster tree: hierarchical balanced k-means over item embeddings.
 
-Level 0 (the coarsest) splits the items into levels[0] balanced clusters; every
-next level splits each parent cluster into levels[i] / levels[i-1] balanced
-children, so each level refines the one above it. Cluster c of level i has
-parent c // (levels[i] / levels[i-1]) at level i - 1, so the children of a
-parent are contiguous ids. The designer picks the level (the granularity) the
-planner works at.
+Level 0 is the coarsest. Every level refines the one above it: each parent has
+exactly levels[i] / levels[i-1] children, and cluster c of level i has parent
+c // (levels[i] / levels[i-1]) at level i - 1, so the children of a parent are
+contiguous ids. Two ways to build it (`strategy`):
+
+- bottom_up: balanced k-means of the items into the finest level's clusters,
+  then each coarser level groups the centroids of the level below into equal
+  numbers of children; the finest level is exactly balanced and does not
+  inherit cuts made at coarse levels.
+- top_down: level 0 splits the items, each next level splits every parent
+  into its balanced children; every level is exactly balanced.
+
+The designer picks the level (the granularity) the planner works at.
 """
 
 from __future__ import annotations
@@ -144,9 +151,11 @@ def _top_down(vectors, levels, weights, seed, kmeans, coarse_restarts):
 
 
 def _bottom_up(vectors, levels, weights, seed, kmeans, coarse_restarts):
-  """The finest level is one flat balanced k-means; each coarser level groups the
-  centroids of the level below into equal numbers of children, then ids are
-  renumbered so that the children of parent p are p * branching + [0, branching)."""
+  """Flat finest level, then coarser levels by grouping centroids.
+
+  Ids are renumbered at the end so that the children of parent p are
+  p * branching + [0, branching).
+  """
   finest = kmeans(vectors, levels[-1], weights=weights, seed=seed)
   child_parent = []  # per level >= 1: [levels[l]] parent (old ids)
   costs = [finest.cost]
