@@ -29,6 +29,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.data.stage",
     "explore.clusters.stage",
     "explore.transitions.stage",
+    "explore.llm.stage",
 )
 
 

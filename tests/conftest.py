@@ -19,6 +19,15 @@ MOVIELENS_SMALL = SHARED_DATA / "ml-latest-small"
 
 
 @pytest.fixture
+def clean_gin():
+  """An empty global gin config before and after the test."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture
 def movielens_small_dir():
   """The real MovieLens latest-small folder beside the checkout; skips where absent."""
   if not (MOVIELENS_SMALL / "ratings.csv").exists():

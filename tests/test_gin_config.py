@@ -12,11 +12,7 @@ import toy_stages  # noqa: F401  (registers toy configurables)
 stages.load_builtin_stages()  # the configurables that quickstart.gin binds
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_shorthand_becomes_a_binding():

@@ -18,11 +18,7 @@ from explore.transitions import read_task_source
 stages.load_builtin_stages()
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _run(tmp_path, gin_file, bindings=(), targets=("transitions",)):

@@ -10,11 +10,7 @@ from explore import stages
 import toy_stages  # noqa: F401  (registers toy_alpha, toy_beta)
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _run(tmp_path, targets, force=False):

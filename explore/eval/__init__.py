@@ -1,0 +1,1 @@
+"""Offline evaluation of next-interest planners: baselines and novel-cluster hit@k."""

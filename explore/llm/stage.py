@@ -1,0 +1,232 @@
+"""The `llm` stage: tokenizer, decoder training and the novel-cluster hit@k evaluation.
+
+Reads the `clusters` descriptions and the `transitions` examples and task
+source; writes into the stage folder:
+  tokenizer/spm.model   SentencePiece model trained on the descriptions + prompts
+  model/                the trainer's model_dir (checkpoints, model-info.txt,
+                        train/ TensorBoard scalars and metrics.jsonl)
+  metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
+                        and by unseen / rare / frequent test tuples; train loss
+                        first / last; seconds and CPU seconds per phase
+The folder of an interrupted run is kept (same config), so training resumes
+from the latest checkpoint. TensorFlow and seqio are never imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+import gin
+import numpy as np
+
+from explore import artifacts
+from explore import stages
+from explore import train
+from explore.clusters import stage as clusters_stage
+from explore.eval import hit_rate
+from explore.eval import planners as planners_lib
+from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
+from explore.llm import features
+from explore.llm import scoring
+from explore.llm import tokenizer as tokenizer_lib
+from explore.transitions import stage as transitions_stage
+from explore.transitions.examples import NovelTransitions, TEST, TRAIN
+from explore.transitions.task_source import format_history_prompt
+
+TOKENIZER = "tokenizer/spm.model"
+MODEL = "model"
+METRICS = "metrics.json"
+LLM = "llm"
+
+
+class LlmStageError(ValueError):
+  """Settings or inputs the `llm` stage cannot use."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LlmStageOptions:
+  """Knobs of the `llm` stage's evaluation.
+
+  Attributes:
+    max_eval_examples: evaluate at most this many test examples (None: all),
+      a uniform sample without replacement drawn with the run's seed, in test
+      order; every planner is evaluated on the same sample.
+    length_normalize: rank clusters by mean instead of summed token
+      log-likelihood of their description (+ EOS) (see `explore.llm.scoring`).
+    prompts_per_chunk: prompts scored per compiled call (None: ~2048 rows).
+    rare_max: test tuples seen 1..rare_max times in train are 'rare'.
+  """
+
+  max_eval_examples: int | None = 2000
+  length_normalize: bool = False
+  prompts_per_chunk: int | None = None
+  rare_max: int = 4
+
+  def __post_init__(self):
+    if self.max_eval_examples is not None and self.max_eval_examples < 1:
+      raise LlmStageError(
+          f"LlmStageOptions.max_eval_examples={self.max_eval_examples} must be >= 1 or None")
+    if self.rare_max < 1:
+      raise LlmStageError(f"LlmStageOptions.rare_max={self.rare_max} must be >= 1")
+
+
+def load_metrics(stage_path: Path) -> dict[str, Any]:
+  return artifacts.read_json(Path(stage_path) / METRICS)
+
+
+def load_tokenizer(stage_path: Path) -> tokenizer_lib.Tokenizer:
+  return tokenizer_lib.Tokenizer.from_file(Path(stage_path) / TOKENIZER)
+
+
+def _default_mesh():
+  from explore import partitioning  # pylint: disable=g-import-not-at-top
+  return partitioning.create_mesh(partitioning.MeshConfig())
+
+
+def eval_examples(transitions: NovelTransitions, max_examples: int | None, seed: int
+                  ) -> np.ndarray:
+  """Test example indices to evaluate: all, or a seeded uniform sample kept in test order."""
+  test = transitions.indices(TEST)
+  if max_examples is None or len(test) <= max_examples:
+    return test
+  rng = np.random.default_rng(seed)
+  return np.sort(rng.choice(test, size=max_examples, replace=False))
+
+
+def llm_scores(model, tokenizer: tokenizer_lib.Tokenizer, descriptions: list[str],
+               history: np.ndarray, options: LlmStageOptions) -> np.ndarray:
+  """[n, M] the decoder's score of every cluster after each history's prompt.
+
+  Scores depend only on the history tuple, so each distinct tuple is scored once.
+  """
+  tuples, inverse = np.unique(history, axis=0, return_inverse=True)  # [u, K], [n]
+  prompts = [format_history_prompt([descriptions[c] for c in row]) for row in tuples.tolist()]
+  prompt_ids = tokenizer.encode_batch(prompts, add_eos=True)
+  candidate_ids = tokenizer.encode_batch(descriptions, add_eos=True)
+  scores = scoring.score_prompts(model, prompt_ids, candidate_ids, options.length_normalize,
+                                 options.prompts_per_chunk)  # [u, M]
+  return scores[inverse.reshape(-1)]
+
+
+def _loss_curve(history: list[dict]) -> tuple[float | None, float | None]:
+  losses = [h["loss"] for h in history if isinstance(h.get("loss"), (int, float))]
+  return (losses[0], losses[-1]) if losses else (None, None)
+
+
+def _last(history: list[dict], key: str) -> float | None:
+  values = [h[key] for h in history if isinstance(h.get(key), (int, float))]
+  return values[-1] if values else None
+
+
+class _Clock:
+  """Wall and process CPU seconds of named phases (CPU time shows the stage's own cost)."""
+
+  def __init__(self):
+    self.seconds: dict[str, dict[str, float]] = {}
+
+  def start(self):
+    self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+  def stop(self, name: str):
+    self.seconds[name] = {"wall": round(time.perf_counter() - self._wall, 2),
+                          "cpu": round(time.process_time() - self._cpu, 2)}
+
+
+@stages.register_stage(
+    "llm", deps=("clusters", "transitions"),
+    configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
+                   "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"))
+def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
+  """Trains the decoder on (history prompt -> next description); hit@k against the baselines."""
+  options = LlmStageOptions()
+  clock = _Clock()
+  clock.start()
+  clusters = clusters_stage.load_exploration_clusters(ctx.input_path("clusters"))
+  descriptions = [str(t) for t in clusters.descriptions.texts]
+  transitions_path = ctx.input_path("transitions")
+  transitions = NovelTransitions.load(transitions_path / transitions_stage.TRANSITIONS)
+  if transitions.num_clusters != len(descriptions):
+    raise LlmStageError(
+        f"{transitions_path}: transitions have {transitions.num_clusters} clusters, the "
+        f"clusters stage describes {len(descriptions)}; rerun the transitions stage")
+  if not len(transitions.indices(TEST)) or not len(transitions.indices(TRAIN)):
+    raise LlmStageError(f"{transitions_path}: the llm stage needs train and test examples "
+                        f"(set novel_transitions.test_fraction in (0, 1))")
+
+  tokenizer = tokenizer_lib.train_sentencepiece(
+      tokenizer_lib.sentencepiece_corpus(descriptions, transitions.k), ctx.path / TOKENIZER)
+  tokenizer_lib.check_descriptions_tokenize_uniquely(tokenizer, descriptions)
+  arrays = features.novel_interest_arrays(
+      transitions_path / transitions_stage.TASK_SOURCE / "train.tsv", tokenizer)
+  length = arrays[decoder_task.TARGETS].shape[1]
+  task = decoder_task.DecoderTask()
+  if task.config.vocab_size != tokenizer.vocab_size:
+    logging.info("llm: decoder vocab_size %d set to the tokenizer's %d",
+                 task.config.vocab_size, tokenizer.vocab_size)
+  task = dataclasses.replace(
+      task, config=dataclasses.replace(task.config, vocab_size=tokenizer.vocab_size),
+      sequence_length=length, packed=True)
+  tokenizer_lib.check_vocab_matches(tokenizer, task.config.vocab_size)
+  batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
+  clock.stop("prepare")
+
+  clock.start()
+  trainer_config = train.TrainerConfig()
+  mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
+  trainer = train.Trainer(task, task.model_fn(ctx.seed), ctx.path / MODEL, mesh, trainer_config)
+  logging.info("llm: %d packed rows of %d tokens, %d parameters, %d steps at batch %d",
+               len(arrays[decoder_task.TARGETS]), length, task.config.num_params(),
+               trainer_config.train_steps, trainer_config.batch_size)
+  result = trainer.train(train.ArrayBatches(batch_features, trainer_config.batch_size,
+                                            seed=ctx.seed))
+  if result.stopped_reason == "nan":
+    raise LlmStageError(f"llm: training stopped on a non-finite loss at step {result.step}; "
+                        f"lower make_optimizer.learning_rate (see {ctx.path / MODEL})")
+  clock.stop("train")
+
+  clock.start()
+  examples = eval_examples(transitions, options.max_eval_examples, ctx.seed)
+  history = transitions.history[examples]  # [n, K]
+  train_idx = transitions.indices(TRAIN)
+  baselines = planners_lib.fit_baselines(transitions.history[train_idx],
+                                         transitions.next_cluster[train_idx],
+                                         transitions.num_clusters, seed=ctx.seed)
+  scores = {LLM: llm_scores(trainer.model, tokenizer, descriptions, history, options)}
+  scores.update({name: planner.scores(history) for name, planner in baselines.items()})
+  evaluation = hit_rate.evaluate_planners(transitions, scores, examples=examples,
+                                          rare_max=options.rare_max)
+  clock.stop("evaluate")
+
+  loss_first, loss_last = _loss_curve(result.history)
+  metrics = {
+      **evaluation,
+      "test_examples": int(len(transitions.indices(TEST))),
+      "evaluated_examples": int(len(examples)),
+      "distinct_test_tuples_scored": int(len(np.unique(history, axis=0))),
+      "num_clusters": transitions.num_clusters,
+      "k": transitions.k,
+      "length_normalize": options.length_normalize,
+      "train_loss_first": loss_first,
+      "train_loss_last": loss_last,
+      "train_steps": int(result.step),
+      "stopped_reason": result.stopped_reason,
+      "train_rows": int(len(arrays[decoder_task.TARGETS])),
+      "sequence_length": int(length),
+      "vocab_size": tokenizer.vocab_size,
+      "num_params": int(task.config.num_params()),
+      "tokens_per_second": _last(result.history, "timing/tokens_per_second"),
+      "seconds": clock.seconds,
+  }
+  artifacts.atomic_write_json(ctx.path / METRICS, metrics)
+  hit5 = {name: evaluation["planners"][name]["all"]["hit@5"] for name in scores}
+  logging.info("llm: hit@5 on %d test examples: %s", len(examples),
+               ", ".join(f"{k} {v:.4f}" for k, v in hit5.items()))
+  return {"hit@5": hit5,
+          "hit@5_unseen": {n: evaluation["planners"][n]["unseen"]["hit@5"] for n in scores},
+          "train_loss_first": loss_first, "train_loss_last": loss_last,
+          "evaluated_examples": int(len(examples)), "seconds": clock.seconds}
