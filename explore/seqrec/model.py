@@ -1,0 +1,262 @@
+"""SASRec-style causal transformer over a user's item history (Flax NNX).
+
+Kang & McAuley (2018): items (and optionally their interest clusters) are
+embedded, learned positions added, and N pre-LayerNorm causal self-attention
+blocks read the history left to right. The hidden state at position t is the
+user's vector after t; scoring an item is a dot product with the same item
+table that embeds the inputs (shared input/output embedding). Histories are
+left-padded, so the last position always holds the most recent item and its
+hidden state is the user's vector.
+
+Token ids: 0 is padding, item i of the dense catalog is token i + 1. The table
+has `vocab_size` rows (num_items + 1 rounded up to `item_rows_multiple`, so
+the 'items' axis splits evenly over the mesh); rows past num_items are never
+scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from flax import nnx
+import gin
+import jax
+import jax.numpy as jnp
+
+PAD = 0
+_MASKED = -1e9  # attention logit of a masked key: exp() underflows to 0, never NaN
+
+
+class SeqRecConfigError(ValueError):
+  """A `SeqRecConfig` field the model cannot be built with."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SeqRecConfig:
+  """Shape of the sequence recommender (defaults: SASRec on MovieLens).
+
+  `num_items` is the catalog size; the `seqrec` stage fills it from the data.
+  `num_clusters` > 0 adds a learned embedding of each input item's interest
+  cluster (cluster ids 1..num_clusters, 0 padding) to the item embedding.
+  """
+
+  num_items: int = 0
+  max_len: int = 50
+  embed_dim: int = 64
+  num_blocks: int = 2
+  num_heads: int = 1
+  mlp_dim: int | None = None  # None: embed_dim, as in SASRec
+  dropout: float = 0.2
+  num_clusters: int = 0
+  item_rows_multiple: int = 128
+  layer_norm_epsilon: float = 1e-6
+
+  def __post_init__(self):
+    def check(ok: bool, message: str):
+      if not ok:
+        raise SeqRecConfigError(f"SeqRecConfig: {message}")
+
+    for name in ("num_items", "max_len", "embed_dim", "num_blocks", "num_heads",
+                 "item_rows_multiple"):
+      value = getattr(self, name)
+      check(isinstance(value, int) and value >= 1, f"{name}={value!r} must be a positive integer"
+            + (" (the catalog size; the seqrec stage sets it from the data)"
+               if name == "num_items" else ""))
+    check(self.embed_dim % self.num_heads == 0,
+          f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+    check(self.mlp_dim is None or (isinstance(self.mlp_dim, int) and self.mlp_dim >= 1),
+          f"mlp_dim={self.mlp_dim!r} must be None or a positive integer")
+    check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout!r} must be in [0, 1)")
+    check(isinstance(self.num_clusters, int) and self.num_clusters >= 0,
+          f"num_clusters={self.num_clusters!r} must be a non-negative integer")
+
+  @property
+  def vocab_size(self) -> int:
+    """Rows of the item table: padding + items, rounded up for an even split."""
+    return self.item_rows_multiple * math.ceil((self.num_items + 1) / self.item_rows_multiple)
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.mlp_dim or self.embed_dim
+
+
+def _init(stddev: float, axes: tuple[str | None, ...]):
+  return nnx.with_partitioning(nnx.initializers.normal(stddev), axes)
+
+
+class ItemEmbedder(nnx.Module):
+  """The item table, used to embed inputs and to score items (shared weights)."""
+
+  def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
+    self.num_items = config.num_items
+    self.embed_dim = config.embed_dim
+    init = _init(1.0 / math.sqrt(config.embed_dim), ("items", "embed"))
+    self.table = nnx.Param(init(rngs.params(), (config.vocab_size, config.embed_dim)))
+
+  def encode(self, tokens: jax.Array) -> jax.Array:
+    """[..., L] token ids -> [..., L, D]; the padding row is used but reads as zeros."""
+    x = jnp.take(self.table[...], tokens, axis=0)  # [B, L, D]
+    return x * jnp.sqrt(jnp.float32(self.embed_dim)) * (tokens != PAD)[..., None]
+
+  def decode(self, hidden: jax.Array) -> jax.Array:
+    """[..., D] user vectors -> [..., V] scores of every table row (mask with `valid_rows`)."""
+    return jnp.einsum("...D,VD->...V", hidden, self.table[...])
+
+  def score(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
+    """[N, D] user vectors, [C] candidate tokens -> [N, C] scores."""
+    candidates = jnp.take(self.table[...], tokens, axis=0)  # [C, D]
+    return jnp.einsum("ND,CD->NC", hidden, candidates)
+
+  def valid_rows(self) -> jax.Array:
+    """[V] bool: rows that are real items (not padding, not the round-up tail)."""
+    rows = jnp.arange(self.table.shape[0])
+    return (rows > PAD) & (rows <= self.num_items)
+
+
+class CausalSelfAttention(nnx.Module):
+  """Multi-head self-attention where position t sees positions <= t that hold items."""
+
+  def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
+    d, h, k = config.embed_dim, config.num_heads, config.head_dim
+    std = 1.0 / math.sqrt(d)
+    self.q = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
+    self.k = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
+    self.v = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
+    self.out = nnx.Param(_init(1.0 / math.sqrt(h * k), ("heads", "kv", "embed"))(
+        rngs.params(), (h, k, d)))
+    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    self.scale = 1.0 / math.sqrt(k)
+
+  def __call__(self, x: jax.Array, key_valid: jax.Array, train: bool) -> jax.Array:
+    q = jnp.einsum("BTD,DHK->BTHK", x, self.q[...])  # [B, T, H, K]
+    k = jnp.einsum("BSD,DHK->BSHK", x, self.k[...])  # [B, S, H, K]
+    v = jnp.einsum("BSD,DHK->BSHK", x, self.v[...])  # [B, S, H, K]
+    logits = jnp.einsum("BTHK,BSHK->BHTS", q, k) * self.scale  # [B, H, T, S]
+    length = x.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))  # [T, S]
+    allowed = causal[None, None] & key_valid[:, None, None, :]  # [B, 1, T, S]
+    logits = jnp.where(allowed, logits, _MASKED)
+    weights = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S]
+    weights = self.dropout(weights, deterministic=not train)
+    attended = jnp.einsum("BHTS,BSHK->BTHK", weights, v)  # [B, T, H, K]
+    return jnp.einsum("BTHK,HKD->BTD", attended, self.out[...])  # [B, T, D]
+
+
+class FeedForward(nnx.Module):
+  """Position-wise two-layer MLP with a GELU."""
+
+  def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
+    d, f = config.embed_dim, config.hidden_dim
+    self.up = nnx.Param(_init(1.0 / math.sqrt(d), ("embed", "mlp"))(rngs.params(), (d, f)))
+    self.up_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("mlp",))(
+        rngs.params(), (f,)))
+    self.down = nnx.Param(_init(1.0 / math.sqrt(f), ("mlp", "embed"))(rngs.params(), (f, d)))
+    self.down_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("embed",))(
+        rngs.params(), (d,)))
+    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    h = jnp.einsum("BTD,DF->BTF", x, self.up[...]) + self.up_bias[...]  # [B, T, F]
+    h = self.dropout(jax.nn.gelu(h), deterministic=not train)
+    return jnp.einsum("BTF,FD->BTD", h, self.down[...]) + self.down_bias[...]  # [B, T, D]
+
+
+def _layer_norm(config: SeqRecConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(
+      config.embed_dim, epsilon=config.layer_norm_epsilon, rngs=rngs,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
+
+
+class Block(nnx.Module):
+  """Pre-LN transformer block: x + attn(ln(x)), then x + ffn(ln(x)), with dropout."""
+
+  def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
+    self.attention_norm = _layer_norm(config, rngs)
+    self.attention = CausalSelfAttention(config, rngs=rngs)
+    self.mlp_norm = _layer_norm(config, rngs)
+    self.mlp = FeedForward(config, rngs=rngs)
+    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array, valid: jax.Array, train: bool) -> jax.Array:
+    attended = self.attention(self.attention_norm(x), valid, train)
+    x = x + self.dropout(attended, deterministic=not train)
+    x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
+    return x * valid[..., None]  # padding positions stay zero
+
+
+class SeqRecModel(nnx.Module):
+  """The causal sequence recommender: item history -> a hidden state per position."""
+
+  def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.items = ItemEmbedder(config, rngs=rngs)
+    self.positions = nnx.Param(_init(1.0 / math.sqrt(config.embed_dim), ("length", "embed"))(
+        rngs.params(), (config.max_len, config.embed_dim)))
+    if config.num_clusters:
+      init = _init(1.0 / math.sqrt(config.embed_dim), ("clusters", "embed"))
+      self.clusters = nnx.Param(init(rngs.params(), (config.num_clusters + 1, config.embed_dim)))
+    else:
+      self.clusters = nnx.data(None)
+    self.input_dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_blocks)])
+    self.final_norm = _layer_norm(config, rngs)
+
+  def __call__(self, tokens: jax.Array, clusters: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    """[B, L] left-padded token ids (+ [B, L] cluster ids) -> [B, L, D] hidden states."""
+    length = tokens.shape[-1]
+    if length > self.config.max_len:
+      raise SeqRecConfigError(f"SeqRecModel: input length {length} exceeds "
+                              f"SeqRecConfig.max_len={self.config.max_len}")
+    valid = tokens != PAD  # [B, L]
+    x = self.items.encode(tokens)  # [B, L, D]
+    if self.clusters is not None:
+      if clusters is None:
+        raise SeqRecConfigError("SeqRecModel: num_clusters > 0 but no cluster ids were given")
+      x = x + jnp.take(self.clusters[...], clusters, axis=0) * (clusters != PAD)[..., None]
+    # Positions count back from the end, so the newest item always has the last embedding.
+    x = x + self.positions[...][self.config.max_len - length:]  # [B, L, D]
+    x = self.input_dropout(x, deterministic=not train) * valid[..., None]
+    for block in self.blocks:
+      x = block(x, valid, train)
+    return self.final_norm(x)  # [B, L, D]
+
+  def user_vectors(self, tokens: jax.Array, clusters: jax.Array | None = None) -> jax.Array:
+    """[B, L] left-padded histories -> [B, D] user vectors (the last position's state)."""
+    return self(tokens, clusters, train=False)[:, -1]
+
+  def item_vectors(self) -> jax.Array:
+    """[num_items, D] output embeddings of the catalog in dense item order (row i = item i)."""
+    return self.items.table[...][1:self.config.num_items + 1]
+
+
+def build_model(config: SeqRecConfig, seed: int = 0) -> SeqRecModel:
+  """A freshly initialised model (parameters and dropout streams from `seed`).
+
+  Logical axes are kept as metadata only (eager sharding off); place the model
+  on a mesh with `explore.partitioning` (the trainer does).
+  """
+  with nnx.use_eager_sharding(False):
+    return SeqRecModel(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def forward_flops_per_example(config: SeqRecConfig, scored_items: int) -> float:
+  """Forward FLOPs of one length-`max_len` example, MaxText counting.
+
+  2 FLOPs per multiply-add of every matmul: Q/K/V/output projections and the
+  MLP per token, attention scores and mixing over the full (not halved causal)
+  length, and the output layer over `scored_items` candidates per position.
+  Embedding lookups, norms and softmax are not counted.
+  """
+  d, f, length = config.embed_dim, config.hidden_dim, config.max_len
+  heads_dim = config.num_heads * config.head_dim
+  per_token_block = 2 * (4 * d * heads_dim + 2 * d * f) + 2 * 2 * length * heads_dim
+  per_token = config.num_blocks * per_token_block + 2 * d * scored_items
+  return float(per_token * length)

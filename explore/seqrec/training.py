@@ -1,0 +1,280 @@
+"""Training the sequence recommender with validation-based model selection.
+
+`fit` trains with the shared `explore.train.Trainer` in rounds of
+`eval_every_epochs` epochs. After each round it ranks the full catalog for
+every evaluated user (validation and test, `evaluation.py`), appends the
+result to `<work_dir>/validation.jsonl` (and TensorBoard scalars to
+`model/training_eval/`), and when validation NDCG@k improves
+copies that round's checkpoint to `<work_dir>/best_checkpoint/`. Training
+stops after `train_epochs`, or earlier when validation has not improved for
+`patience` rounds; the reported test numbers are those of the best validation
+round (the model that would be kept). Everything is resumable: a rerun
+continues from the trainer's latest checkpoint and the rounds already logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import gin
+import jax
+import numpy as np
+
+from explore import artifacts
+from explore.seqrec import data as data_lib
+from explore.seqrec import evaluation
+from explore.seqrec import sampling
+from explore.seqrec import vectors as vectors_lib
+from explore.seqrec.model import SeqRecConfig, SeqRecModel, build_model
+from explore.seqrec.task import SeqRecTask, SoftmaxConfig
+from explore.seqrec.vectors import SeqRecVectors
+from explore.train import Trainer, TrainerConfig, make_optimizer
+from explore.train import metrics as metrics_lib
+from explore.train.trainer import EVAL_DIR
+
+MODEL_DIR = "model"
+VALIDATION_LOG = "validation.jsonl"
+BEST_CHECKPOINT = "best_checkpoint"
+VECTORS = "vectors"
+
+
+class SeqRecTrainingError(ValueError):
+  """A training setting that cannot be used, or a run that diverged."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SeqRecTraining:
+  """How long and how the sequence recommender trains (gin: `SeqRecTraining.x = ...`).
+
+  All optimizer settings are here (not on `make_optimizer`) so that they do
+  not mix with another model's trainer bindings in the same run.
+  """
+
+  train_epochs: int = 200
+  eval_every_epochs: int = 5  # validation ranking (and a checkpoint) every this many epochs
+  patience: int = 10  # stop after this many rounds without a better validation NDCG@k
+  batch_size: int = 128  # windows per step
+  window_stride: int | None = None  # None: max_len (non-overlapping windows)
+  max_windows_per_user: int | None = None  # None: cover each whole history; 1: SASRec's newest
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  schedule: str = "constant"
+  weight_decay: float = 0.0
+  clip_norm: float | None = 1.0
+  b1: float = 0.9
+  b2: float = 0.98
+  ks: tuple[int, ...] = (10,)
+  selection_metric: str = "ndcg@10"
+  eval_batch_size: int = 256  # users per ranking batch
+  log_every: int = 50
+
+  def __post_init__(self):
+    object.__setattr__(self, "ks", tuple(self.ks))
+    for name in ("train_epochs", "eval_every_epochs", "patience", "batch_size",
+                 "eval_batch_size", "log_every"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise SeqRecTrainingError(f"SeqRecTraining.{name}={value!r} must be a positive integer")
+    metric, _, k = self.selection_metric.partition("@")
+    if metric not in ("hr", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+      raise SeqRecTrainingError(
+          f"SeqRecTraining.selection_metric={self.selection_metric!r} must be 'hr@k' or "
+          f"'ndcg@k' with k in ks={self.ks}")
+
+
+@dataclasses.dataclass
+class FitResult:
+  """What `fit` reports and hands on."""
+
+  model: SeqRecModel  # the trained model at its last round (not necessarily the best)
+  best: dict[str, Any]  # the best validation round: step, epoch, val/test metrics
+  rounds: list[dict[str, Any]]  # every validation round
+  baseline: dict[str, dict[str, float]]  # most popular: {"val": ..., "test": ...}
+  vectors: SeqRecVectors  # item and user vectors of the best round
+  steps_per_epoch: int
+  seconds_per_epoch: float | None  # median wall time of an epoch over rounds (no compile)
+  num_windows: int
+  stopped_reason: str  # "done" | "early_stopped"
+  train_history: list[dict] = dataclasses.field(default_factory=list)
+
+
+def _read_rounds(path: Path) -> list[dict[str, Any]]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_round(path: Path, record: dict[str, Any]) -> None:
+  rounds = _read_rounds(path) + [record]
+  artifacts.atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
+
+
+def _copy_checkpoint(model_dir: Path, step: int, target: Path) -> None:
+  """Copies model_dir/checkpoint_<step> to target/checkpoint_<step>, replacing target."""
+  source = model_dir / f"checkpoint_{step}"
+  tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+  try:
+    shutil.copytree(source, tmp / source.name)
+    artifacts.replace_folder(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _write_scalars(model_dir: Path, record: dict[str, Any]) -> None:
+  """The round's ranking metrics as TensorBoard scalars in `model_dir/training_eval/`."""
+  writer = metrics_lib.MetricWriter(model_dir / EVAL_DIR, jax.process_index() == 0)
+  writer.write(record["step"], {f"{split}/{name}": value for split in ("val", "test")
+                                for name, value in record[split].items()})
+  writer.close()
+
+
+def _token_clusters(config: SeqRecConfig, item_clusters: np.ndarray | None,
+                    num_items: int) -> np.ndarray | None:
+  """[num_items + 1] cluster id per token (cluster index + 1; 0 for padding), or None."""
+  if not config.num_clusters:
+    if item_clusters is not None:
+      raise SeqRecTrainingError("item_clusters were given but SeqRecConfig.num_clusters = 0; "
+                                "set it to the number of clusters to use them")
+    return None
+  if item_clusters is None:
+    raise SeqRecTrainingError(f"SeqRecConfig.num_clusters = {config.num_clusters} needs "
+                              "item_clusters (the cluster of every item)")
+  item_clusters = np.asarray(item_clusters)
+  if item_clusters.shape != (num_items,):
+    raise SeqRecTrainingError(f"item_clusters has shape {item_clusters.shape}, expected "
+                              f"({num_items},): one cluster per item")
+  if item_clusters.min() < 0 or item_clusters.max() >= config.num_clusters:
+    raise SeqRecTrainingError(f"item_clusters holds cluster {int(item_clusters.max())} or "
+                              f"{int(item_clusters.min())}, outside [0, "
+                              f"SeqRecConfig.num_clusters={config.num_clusters})")
+  return np.concatenate([[0], item_clusters.astype(np.int32) + 1]).astype(np.int32)
+
+
+def _stalled_rounds(rounds: Sequence[dict[str, Any]], metric: str) -> int:
+  """Rounds since the best validation value (0 when the last round is the best)."""
+  values = [r["val"][metric] for r in rounds]
+  return len(values) - 1 - int(np.argmax(values))
+
+
+def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir: str | Path,
+        mesh: jax.sharding.Mesh, training: SeqRecTraining | None = None,
+        softmax: SoftmaxConfig | None = None, seed: int = 0,
+        item_clusters: np.ndarray | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+  """Trains on `split`'s training prefixes; selects the round by validation ranking.
+
+  `item_clusters` ([num_items] cluster index per dense item) feeds the model's
+  cluster embeddings; it is required exactly when `model_config.num_clusters` > 0.
+
+  Writes into `work_dir`: `model/` (the trainer's checkpoints and logs),
+  `validation.jsonl`, `best_checkpoint/` and `vectors/` (`SeqRecVectors` of
+  the best round).
+  """
+  training = training or SeqRecTraining()
+  softmax = softmax or SoftmaxConfig()
+  work_dir = Path(work_dir)
+  work_dir.mkdir(parents=True, exist_ok=True)
+  num_items = split.sequences.num_items
+  if model_config.num_items != num_items:
+    raise SeqRecTrainingError(f"SeqRecConfig.num_items={model_config.num_items} but the "
+                              f"interactions have {num_items} items")
+
+  token_clusters = _token_clusters(model_config, item_clusters, num_items)
+  windows = data_lib.training_windows(split, model_config.max_len, training.window_stride,
+                                      training.max_windows_per_user)
+  num_windows = len(windows["inputs"])
+  if num_windows < training.batch_size:
+    raise SeqRecTrainingError(
+        f"SeqRecTraining.batch_size={training.batch_size} is larger than the {num_windows} "
+        "training windows; lower it")
+  counts = split.target_counts()
+  task = SeqRecTask(model_config, softmax, counts, batch_size=training.batch_size)
+  batches = sampling.SequenceBatches(windows, training.batch_size, seed,
+                                     softmax.sampled_negatives, task.sampler, token_clusters)
+  steps_per_epoch = batches.batches_per_epoch
+  total_steps = steps_per_epoch * training.train_epochs
+  optimizer = make_optimizer(
+      total_steps, learning_rate=training.learning_rate,
+      warmup_steps=min(training.warmup_steps, total_steps), schedule=training.schedule,
+      end_learning_rate_fraction=0.1, weight_decay=training.weight_decay,
+      clip_norm=training.clip_norm, b1=training.b1, b2=training.b2)
+  trainer_config = TrainerConfig(
+      train_steps=steps_per_epoch, batch_size=training.batch_size, eval_every=0,
+      checkpoint_every=total_steps, keep_checkpoints=2, log_every=training.log_every,
+      seed=seed)
+  trainer = Trainer(task, lambda: build_model(model_config, seed), work_dir / MODEL_DIR,
+                    mesh, trainer_config, optimizer=optimizer)
+
+  val = data_lib.ranking_examples(split, "val", model_config.max_len)
+  test = data_lib.ranking_examples(split, "test", model_config.max_len)
+  baseline = {name: evaluation.evaluate(evaluation.popularity_scorer(counts), examples,
+                                        num_items, training.ks, training.eval_batch_size)
+              for name, examples in (("val", val), ("test", test))}
+  logging.info("seqrec most-popular baseline: val %s, test %s", baseline["val"], baseline["test"])
+
+  trainer.restore(batches)  # the model and data position of the latest checkpoint, if any
+  log_path = work_dir / VALIDATION_LOG
+  rounds = _read_rounds(log_path)
+  metric = training.selection_metric
+  stopped_reason = "done"
+  history: list[dict] = []
+  round_epochs = list(range(training.eval_every_epochs, training.train_epochs,
+                            training.eval_every_epochs)) + [training.train_epochs]
+  for epoch in round_epochs:
+    if rounds and _stalled_rounds(rounds, metric) >= training.patience:
+      stopped_reason = "early_stopped"
+      break
+    if any(r["epoch"] == epoch for r in rounds):
+      continue
+    trainer.config.train_steps = epoch * steps_per_epoch
+    start = time.perf_counter()
+    result = trainer.train(batches)
+    seconds = time.perf_counter() - start
+    if result.stopped_reason == "nan":
+      raise SeqRecTrainingError(
+          f"seqrec training diverged (non-finite loss) before step {result.step}; lower "
+          "SeqRecTraining.learning_rate or raise warmup_steps")
+    history.extend(result.history)
+    scorer = evaluation.model_scorer(trainer.model, token_clusters)
+    record = {"epoch": epoch, "step": trainer.step,
+              "train_seconds": round(seconds, 3),
+              "epochs_trained": (epoch - rounds[-1]["epoch"]) if rounds else epoch,
+              "train_loss": result.history[-1]["loss"] if result.history else None,
+              "val": evaluation.evaluate(scorer, val, num_items, training.ks,
+                                         training.eval_batch_size),
+              "test": evaluation.evaluate(scorer, test, num_items, training.ks,
+                                          training.eval_batch_size)}
+    is_best = not rounds or record["val"][metric] > max(r["val"][metric] for r in rounds)
+    if is_best:
+      _copy_checkpoint(work_dir / MODEL_DIR, record["step"], work_dir / BEST_CHECKPOINT)
+      vectors_lib.model_vectors(trainer.model, split.sequences,
+                                {"step": record["step"], "epoch": epoch},
+                                token_clusters).save(work_dir / VECTORS)
+    _append_round(log_path, record)
+    _write_scalars(work_dir / MODEL_DIR, record)
+    rounds.append(record)
+    logging.info("seqrec epoch %d (step %d): loss %s, val %s, test %s%s", epoch, record["step"],
+                 record["train_loss"], record["val"], record["test"],
+                 " (best so far)" if is_best else "")
+    if on_round is not None:
+      on_round(record)
+
+  best = rounds[int(np.argmax([r["val"][metric] for r in rounds]))]
+  per_epoch = [r["train_seconds"] / r["epochs_trained"] for r in rounds[1:]] or [
+      r["train_seconds"] / r["epochs_trained"] for r in rounds]
+  return FitResult(model=trainer.model, best=best, rounds=rounds, baseline=baseline,
+                   vectors=SeqRecVectors.load(work_dir / VECTORS),
+                   steps_per_epoch=steps_per_epoch,
+                   seconds_per_epoch=float(np.median(per_epoch)) if per_epoch else None,
+                   num_windows=num_windows, stopped_reason=stopped_reason,
+                   train_history=history)

@@ -1,0 +1,132 @@
+"""Training with validation-based selection (`fit`) and the `seqrec` stage."""
+
+import json
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from explore import gin_config
+from explore import main  # noqa: F401  (registers RunConfig)
+from explore import partitioning
+from explore import rundir
+from explore import stages
+from explore.data.schema import Interactions
+from explore.seqrec import data as data_lib
+from explore.seqrec import stage as seqrec_stage
+from explore.seqrec import training as training_lib
+from explore.seqrec.model import SeqRecConfig
+from explore.seqrec.task import SoftmaxConfig
+
+stages.load_builtin_stages()
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def cyclic_split(num_users=64, num_items=40, length=12, seed=0):
+  """Users walk the catalog in steps of +1 from a random start: a learnable sequence rule."""
+  rng = np.random.default_rng(seed)
+  start = rng.integers(0, num_items, size=num_users)
+  item = (start[:, None] + np.arange(length)[None, :]) % num_items  # [users, length]
+  user = np.repeat(np.arange(num_users), length)
+  log = Interactions.from_columns(user, item.reshape(-1), np.tile(np.arange(length), num_users),
+                                  np.ones(user.size), np.ones(user.size, bool),
+                                  user_ids=np.arange(num_users), item_ids=np.arange(num_items))
+  return data_lib.leave_last_out(data_lib.user_sequences(log))
+
+
+CONFIG = SeqRecConfig(num_items=40, max_len=8, embed_dim=16, num_blocks=1, dropout=0.0,
+                      item_rows_multiple=8)
+TRAINING = training_lib.SeqRecTraining(train_epochs=6, eval_every_epochs=3, batch_size=16,
+                                       learning_rate=0.01, warmup_steps=0, log_every=5)
+
+
+def one_device_mesh():
+  return partitioning.create_mesh(partitioning.MeshConfig(data=1), jax.devices()[:1])
+
+
+def test_fit_beats_most_popular_keeps_the_best_round_and_resumes(tmp_path):
+  split = cyclic_split()
+
+  def crash(record):
+    raise KeyboardInterrupt("simulated crash after the first round")
+
+  with pytest.raises(KeyboardInterrupt):
+    training_lib.fit(split, CONFIG, tmp_path, one_device_mesh(), TRAINING, on_round=crash)
+  assert len((tmp_path / "validation.jsonl").read_text().splitlines()) == 1
+  result = training_lib.fit(split, CONFIG, tmp_path, one_device_mesh(), TRAINING)
+  # The second run trained only the second round, from the first round's checkpoint.
+  assert [r["epoch"] for r in result.rounds] == [3, 6]
+  assert result.train_history[0]["step"] > result.rounds[0]["step"]
+  assert result.best["val"]["hr@10"] > 0.8
+  assert result.best["val"]["hr@10"] > result.baseline["val"]["hr@10"] + 0.3
+  assert result.best["test"]["ndcg@10"] > result.baseline["test"]["ndcg@10"] + 0.3
+  assert result.rounds[-1]["train_loss"] < result.rounds[0]["train_loss"]
+  best_step = result.best["step"]
+  assert (tmp_path / "best_checkpoint" / f"checkpoint_{best_step}").is_dir()
+  assert result.vectors.item_vectors.shape == (40, 16)
+  assert result.vectors.user_vectors.shape == (64, 16)
+  assert result.vectors.meta["step"] == best_step
+  assert result.seconds_per_epoch > 0
+  again = training_lib.fit(split, CONFIG, tmp_path, one_device_mesh(), TRAINING)
+  assert again.train_history == [] and again.best == result.best
+
+
+def test_fit_stops_early_when_validation_stalls(tmp_path):
+  training = training_lib.SeqRecTraining(train_epochs=4, eval_every_epochs=1, patience=1,
+                                         batch_size=16, learning_rate=1e-9, warmup_steps=0)
+  result = training_lib.fit(cyclic_split(), CONFIG, tmp_path, one_device_mesh(), training)
+  assert result.stopped_reason == "early_stopped" and len(result.rounds) == 2
+
+
+def test_catalog_size_mismatch_is_named(tmp_path):
+  config = SeqRecConfig(num_items=41, max_len=8, embed_dim=16)
+  with pytest.raises(training_lib.SeqRecTrainingError, match="num_items=41"):
+    training_lib.fit(cyclic_split(), config, tmp_path, one_device_mesh(), TRAINING)
+
+
+def test_bad_selection_metric_is_named():
+  with pytest.raises(training_lib.SeqRecTrainingError, match="'mrr@10'"):
+    training_lib.SeqRecTraining(selection_metric="mrr@10")
+
+
+TINY_RUN = [
+    "SyntheticConfig.num_users = 120", "SyntheticConfig.num_items = 300",
+    "SyntheticConfig.branching = (2, 2, 2)", "SyntheticConfig.events_per_user = (20, 40)",
+    "SeqRecConfig.max_len = 10", "SeqRecConfig.embed_dim = 16", "SeqRecConfig.num_blocks = 1",
+    "SeqRecTraining.train_epochs = 2", "SeqRecTraining.eval_every_epochs = 1",
+    "SeqRecTraining.batch_size = 16", "SoftmaxConfig.kind = 'sampled'",
+    "SoftmaxConfig.negatives_per_example = 4",
+]
+
+
+def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
+  gin_config.parse_gin(["quickstart.gin"], [f"RUN_DIR = '{tmp_path}'", *TINY_RUN])
+  run_dir = rundir.RunDir(tmp_path)
+  done = stages.run_stages(["seqrec"], run_dir, seed=0)
+  assert done[-1] == ("seqrec", "run")
+  path = run_dir.complete_path("seqrec")
+  metrics = json.loads((path / "metrics.json").read_text())
+  for who in ("model", "most_popular"):
+    for split in ("val", "test"):
+      assert set(metrics[who][split]) == {"hr@10", "ndcg@10"}
+  assert metrics["softmax"] == "sampled" and metrics["seconds_per_epoch"] > 0
+  vectors = seqrec_stage.load_vectors(path)
+  assert vectors.item_vectors.shape == (300, 16) and vectors.user_vectors.shape == (120, 16)
+  assert (path / "model" / "model-info.txt").exists()
+  assert stages.run_stages(["seqrec"], run_dir, seed=0)[-1] == ("seqrec", "skip")
+
+
+def test_cluster_embeddings_need_the_item_clusters(tmp_path):
+  config = SeqRecConfig(num_items=40, max_len=8, embed_dim=16, num_clusters=4)
+  with pytest.raises(training_lib.SeqRecTrainingError, match="num_clusters = 4 needs"):
+    training_lib.fit(cyclic_split(), config, tmp_path, one_device_mesh(), TRAINING)
+  with pytest.raises(training_lib.SeqRecTrainingError, match="outside \\[0, "):
+    training_lib.fit(cyclic_split(), config, tmp_path, one_device_mesh(), TRAINING,
+                     item_clusters=np.arange(40) % 5)
