@@ -30,6 +30,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.clusters.stage",
     "explore.transitions.stage",
     "explore.llm.stage",
+    "explore.seqrec.stage",
 )
 
 

@@ -17,7 +17,6 @@ from explore.seqrec import data as data_lib
 from explore.seqrec import stage as seqrec_stage
 from explore.seqrec import training as training_lib
 from explore.seqrec.model import SeqRecConfig
-from explore.seqrec.task import SoftmaxConfig
 
 stages.load_builtin_stages()
 

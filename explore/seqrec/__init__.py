@@ -15,3 +15,22 @@ __all__ = [
     "brute_force_top_k",
     "restricted_top_k",
 ]
+from explore.seqrec.data import encode_histories
+from explore.seqrec.data import leave_last_out
+from explore.seqrec.data import user_sequences
+from explore.seqrec.evaluation import ranking_metrics
+from explore.seqrec.evaluation import target_ranks
+from explore.seqrec.model import SeqRecConfig
+from explore.seqrec.model import SeqRecModel
+from explore.seqrec.model import build_model
+from explore.seqrec.task import SeqRecTask
+from explore.seqrec.task import SoftmaxConfig
+from explore.seqrec.training import SeqRecTraining
+from explore.seqrec.training import fit
+from explore.seqrec.vectors import SeqRecVectors
+
+__all__ += [
+    "SeqRecConfig", "SeqRecModel", "SeqRecTask", "SeqRecTraining", "SeqRecVectors",
+    "SoftmaxConfig", "build_model", "encode_histories", "fit", "leave_last_out",
+    "ranking_metrics", "target_ranks", "user_sequences",
+]

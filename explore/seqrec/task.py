@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from flax import nnx
 import gin
 import jax
 import jax.numpy as jnp
@@ -151,7 +150,7 @@ class SeqRecTask:
 
   def _sampled_softmax(self, model: SeqRecModel, hidden: jax.Array, targets: jax.Array,
                        weight: jax.Array, negatives: jax.Array | None):
-    pools, counts = [], []
+    pools = []
     n_targets = jnp.sum(weight)
     n_sampled = 0
     if self.softmax.negatives_per_example:
