@@ -8,6 +8,11 @@ KV cache, the cache is repeated for the M candidates and all candidates are
 decoded in one batched call, so a chunk of prompts costs one jitted function
 with static shapes ([prompts, P] and [M, T]).
 
+A model whose state lives on a device mesh (a trained model from the
+`Trainer`) is scored data parallel: each chunk of prompts is split over the
+mesh's batch axes, so every device scores its own prompts against all
+candidates instead of every device repeating the whole chunk.
+
 Summed log-likelihood (the default) is the probability of generating exactly
 that description, which is what a sampling planner would do; with
 `length_normalize` the score is the mean per-token log-likelihood instead,
@@ -23,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from explore import partitioning
 from explore.llm import features
 from explore.llm.decoder import Decoder
 
@@ -86,7 +92,8 @@ class CandidateScorer:
     candidates: [M, T] int32 candidate ids (+ EOS), right-padded with 0.
     candidate_lengths: [M] int32, including EOS.
     length_normalize: mean instead of summed token log-likelihood.
-    prompts_per_chunk: prompts scored per call (None: about 2048 candidate rows).
+    prompts_per_chunk: prompts scored per call (None: about 2048 candidate rows);
+      rounded up to a multiple of the mesh's data-parallel size.
   """
 
   def __init__(self, model: Decoder, candidates: np.ndarray, candidate_lengths: np.ndarray,
@@ -102,16 +109,29 @@ class CandidateScorer:
     self.candidates = candidates[:, :max(t, 1)]
     self.candidate_lengths = candidate_lengths
     m = len(candidates)
-    self.prompts_per_chunk = prompts_per_chunk or max(1, 2048 // m)
     graphdef, state = nnx.split(model)
     self._state = state
+    mesh = _state_mesh(state)
+    shards = 1
+    jit_kwargs = {}
+    if mesh is not None and mesh.size > 1:
+      # [chunk, ...] inputs and the [chunk, M] output split over the batch axes;
+      # the model state keeps the shardings it already has.
+      rows = partitioning.batch_sharding(mesh, ndim=2)
+      lengths = partitioning.batch_sharding(mesh, ndim=1)
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      shards = _batch_shards(rows)
+      state_shardings = jax.tree.map(lambda x: getattr(x, "sharding", replicated), state)
+      jit_kwargs = dict(in_shardings=(state_shardings, rows, lengths,
+                                      replicated, replicated), out_shardings=rows)
+    chunk = prompts_per_chunk or max(1, 2048 // m)
+    self.prompts_per_chunk = -(-chunk // shards) * shards
 
-    @jax.jit
     def score(state, prompts, prompt_lengths, cands, cand_lengths):
       return _score_chunk(nnx.merge(graphdef, state), prompts, prompt_lengths, cands,
                           cand_lengths, length_normalize)
 
-    self._score = score
+    self._score = jax.jit(score, **jit_kwargs)
 
   def __call__(self, prompts: np.ndarray, prompt_lengths: np.ndarray) -> np.ndarray:
     """[n, M] float32 scores of every candidate after each of n prompts ([n, P], [n])."""
@@ -135,6 +155,24 @@ class CandidateScorer:
       scores = self._score(self._state, chunk, lengths, self.candidates, self.candidate_lengths)
       out[start:start + real] = np.asarray(scores)[:real]
     return out
+
+
+def _state_mesh(state) -> jax.sharding.Mesh | None:
+  """The mesh a model state is placed on, None for single-device or host state."""
+  for leaf in jax.tree.leaves(state):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      return sharding.mesh
+  return None
+
+
+def _batch_shards(sharding: jax.sharding.NamedSharding) -> int:
+  """How many pieces a sharding splits its leading (batch) dimension into."""
+  axes = sharding.spec[0] if len(sharding.spec) else None
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else axes
+  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
 def score_prompts(model: Decoder, prompt_tokens: Sequence[Sequence[int]],
