@@ -45,7 +45,10 @@ setuptools.setup(
         # Tests and benchmarks. shellcheck (for launch/*.sh) is a Debian package:
         # apt-get install shellcheck. The checkpoint-import parity test also uses
         # transformers + a CPU build of torch, installed by .ci/run, never required.
-        "dev": ["pytest", "pytest-xdist"],
+        # Pretrained checkpoints whose tokenizer is a Hugging Face tokenizer.json
+        # (Llama 3 style); SentencePiece tokenizer.model needs nothing extra.
+        "hf": ["tokenizers"],
+        "dev": ["pytest", "pytest-xdist", "tokenizers"],
     },
     entry_points={"console_scripts": ["explore=explore.main:console_main"]},
     classifiers=[

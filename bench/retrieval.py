@@ -9,8 +9,12 @@ everything as JSON to --out.
 
   python3 bench/retrieval.py --size=cpu --out=/tmp/retrieval_cpu.json
   python3 bench/retrieval.py --size=gpu --out=$OUT/retrieval.json
+  PYTHONUNBUFFERED=1 python3 bench/retrieval.py --gpu_plan --out=$OUT/retrieval.json
 
-Imports neither TensorFlow nor seqio; `explore.seqrec` needs gin-config.
+Imports neither TensorFlow nor seqio; `explore.seqrec` needs gin-config, except
+with --gpu_plan, which loads only the retrieval modules (no gin, no flax): it
+times the candidate pipelines of `retrieval_stages.PLAN_VARIANTS` at the GPU
+shape in one go and checks each exactly against the dense path.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import statistics
 import sys
 
 import traceback
+import types
 
 SIZES = {
     # users, items, dim, clusters, chosen per user, k
@@ -65,7 +70,30 @@ def parse_args(argv):
   parser.add_argument("--interpret", action="store_true",
                       help="run Pallas variants in the interpreter (CPU dry run of this script)")
   parser.add_argument("--seed", type=int, default=0)
-  return parser.parse_args(argv)
+  parser.add_argument("--gpu_plan", action="store_true",
+                      help="time the candidate pipelines (PLAN_VARIANTS) and check them "
+                           "exactly; implies --size=gpu unless --size is given")
+  parser.add_argument("--plan_variants", default="",
+                      help="comma list of PLAN_VARIANTS (default: all, known-good first)")
+  parser.add_argument("--plan_budget_s", type=float, default=170.0,
+                      help="start no new plan variant after this many seconds")
+  args = parser.parse_args(argv)
+  if args.gpu_plan and not any(a.startswith("--size") for a in argv):
+    args.size = "gpu"
+  return args
+
+
+def import_without_package_inits(repo_root: pathlib.Path) -> None:
+  """Makes `explore.seqrec.<module>` importable without running `explore/seqrec/__init__.py`.
+
+  That file imports the whole recommender (gin-config, flax); the retrieval
+  modules need only jax and numpy, which is all the GPU image is sure to have.
+  """
+  for name in ("explore", "explore.seqrec"):
+    if name not in sys.modules:
+      package = types.ModuleType(name)
+      package.__path__ = [str(repo_root.joinpath(*name.split(".")))]
+      sys.modules[name] = package
 
 
 ARGS = parse_args(sys.argv[1:])
@@ -73,17 +101,21 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={ARGS.cpu_devices}")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if ARGS.gpu_plan:
+  import_without_package_inits(pathlib.Path(__file__).resolve().parents[1])
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from explore.seqrec import ClusterLayout
-from explore.seqrec import RestrictedRetriever
-from explore.seqrec import brute_force_top_k
+from explore.seqrec.cluster_layout import ClusterLayout
+from explore.seqrec.topk_ops import brute_force_top_k
+from retrieval_stages import PLAN_VARIANTS
 from retrieval_stages import PallasStages
 from retrieval_stages import pipelined_seconds
+from retrieval_stages import print_plan
+from retrieval_stages import run_gpu_plan
 from retrieval_stages import sweep_kernels
 from retrieval_stages import time_call
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -155,9 +187,15 @@ def variant_options(name: str) -> dict:
 
 
 def make_retriever(name, items, layout):
-  if name.startswith("pallas"):
+  from explore.seqrec import RestrictedRetriever  # pylint: disable=g-import-not-at-top
+  if name in PALLAS_VARIANTS:
     return RestrictedRetriever(items, layout, implementation="pallas",
                                pallas_options=variant_options(name), interpret=ARGS.interpret)
+  if name in PLAN_VARIANTS:  # the fused and bfloat16 candidates
+    implementation, table_dtype, options = PLAN_VARIANTS[name]
+    return RestrictedRetriever(items, layout, implementation=implementation,
+                               pallas_options=dict(options), table_dtype=table_dtype,
+                               interpret=ARGS.interpret)
   return RestrictedRetriever(items, layout, implementation=name)
 
 
@@ -284,6 +322,20 @@ def main() -> None:
     if args.out:
       pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
       pathlib.Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+
+  if args.gpu_plan:
+    plan_names = args.plan_variants.split(",") if args.plan_variants else list(PLAN_VARIANTS)
+    unknown = [n for n in plan_names if n not in PLAN_VARIANTS]
+    if unknown:
+      raise SystemExit(f"--plan_variants: unknown {unknown}; known: {list(PLAN_VARIANTS)}")
+    problem = dict(items=items, users=users, chosen=chosen, layout=layout, k=shape["k"],
+                   floors=floors, exact=exact, float_reference=float_reference)
+    run_gpu_plan(problem, record, save, names=plan_names, interpret=args.interpret,
+                 warmup=args.warmup, repeats=repeats, budget_s=args.plan_budget_s)
+    print_plan(record["gpu_plan"])
+    if args.out:
+      print(f"wrote {args.out}")
+    return
 
   for name in names:
     row = {"implementation": name}

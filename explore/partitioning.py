@@ -45,6 +45,7 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalAxisRules = (
     ("mlp", "model"),
     ("heads", "model"),
     ("kv", None),
+    ("kv_heads", "model"),  # GQA key/value heads: sharded where they divide (see below)
     ("embed", "fsdp"),
     ("length", None),
     ("layers", None),
@@ -54,6 +55,13 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalAxisRules = (
     ("users", "data"),
     ("clusters", None),
 )
+
+
+# Logical axes sharded only where their size divides the mesh axes and
+# replicated otherwise, instead of being an error: GQA models have few key/value
+# heads (often fewer than the model-parallel size), and replicating them is the
+# standard fallback (each model shard then computes every key/value head).
+SHARD_WHERE_DIVISIBLE = frozenset({"kv_heads"})
 
 
 class MeshError(ValueError):
@@ -342,15 +350,20 @@ def _leaf_sharding(mesh: Mesh, rules: LogicalAxisRules, path: str, shape: tuple[
     raise LogicalAxisError(f"{path}: logical axes {tuple(logical_axes)} do not match its"
                            f" shape {shape}")
   sharding = logical_sharding(mesh, logical_axes, rules)
-  for dim, (size, entry) in enumerate(zip(shape, sharding.spec)):
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  for dim, (size, entry) in enumerate(zip(shape, spec)):
     if entry is PartitionSpec.UNCONSTRAINED:
       continue
     shards = math.prod(mesh.shape[a] for a in _as_axes(entry))
-    if size % shards:
-      raise LogicalAxisError(
-          f"{path}: dimension {dim} ({logical_axes[dim]}) of size {size} is not divisible by"
-          f" mesh axes {entry} ({shards} shards); pad it or change the rule")
-  return sharding
+    if size % shards == 0:
+      continue
+    if logical_axes[dim] in SHARD_WHERE_DIVISIBLE:
+      spec[dim] = None
+      continue
+    raise LogicalAxisError(
+        f"{path}: dimension {dim} ({logical_axes[dim]}) of size {size} is not divisible by"
+        f" mesh axes {entry} ({shards} shards); pad it or change the rule")
+  return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def state_shardings(mesh: Mesh, state: Any, rules: Sequence[Sequence[Any]] | None = None

@@ -265,3 +265,16 @@ def test_optimizer_moments_are_sharded_like_their_parameters():
   moments = optimizer.opt_state[0]
   assert moments.mu["up"]["kernel"].get_value().sharding.spec == P("fsdp", "model")
   assert moments.nu["down"]["kernel"].get_value().sharding.spec == P("model", "fsdp")
+
+
+def test_kv_heads_shard_where_they_divide_and_replicate_otherwise():
+  mesh = _mesh(2, 4)
+
+  class Attention(nnx.Module):
+    def __init__(self, kv_heads: int):
+      self.key = nnx.Param(jnp.zeros((8, kv_heads, 4)), out_sharding=("embed", "kv_heads", "kv"))
+
+  even = partitioning.create_sharded_module(lambda: Attention(4), mesh, DEFAULT_LOGICAL_AXIS_RULES)
+  assert even.key.get_value().sharding.spec == P("fsdp", "model", None)
+  few = partitioning.create_sharded_module(lambda: Attention(2), mesh, DEFAULT_LOGICAL_AXIS_RULES)
+  assert few.key.get_value().sharding.spec == P("fsdp", None, None)

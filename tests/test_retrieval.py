@@ -23,6 +23,7 @@ IMPLEMENTATIONS = {
     "contiguous_small_tiles": {"implementation": "contiguous", "users_per_tile": 2},
     "sharded": {},
     "pallas_interpret": {"implementation": "pallas", "interpret": True},
+    "pallas_fused_interpret": {"implementation": "pallas_fused", "interpret": True},
 }
 
 

@@ -101,12 +101,27 @@ TINY_RUN = [
     "SeqRecConfig.max_len = 10", "SeqRecConfig.embed_dim = 16", "SeqRecConfig.num_blocks = 1",
     "SeqRecTraining.train_epochs = 2", "SeqRecTraining.eval_every_epochs = 1",
     "SeqRecTraining.batch_size = 16", "SoftmaxConfig.kind = 'sampled'",
-    "SoftmaxConfig.negatives_per_example = 4",
+    "SoftmaxConfig.negatives_per_example = 4", "build_cluster_tree.levels = (4, 16)",
 ]
 
 
+def assert_grounding_consistent(metrics):
+  """Grounding read the best checkpoint: its full-catalog numbers are the model's test numbers."""
+  grounding = metrics["grounding"]
+  assert grounding["k"] == 10 and grounding["clusters"] == 16 and grounding["level"] == 1
+  assert grounding["seconds"] > 0
+  assert grounding["all"]["users"] == metrics["evaluated_users"]
+  assert 0 < grounding["novel"]["users"] < grounding["all"]["users"]
+  for name, value in metrics["model"]["test"].items():
+    assert grounding["all"]["model_full_catalog"][name] == pytest.approx(value, abs=1e-6)
+  for part in ("all", "novel"):
+    for who in ("model_in_cluster", "most_popular_in_cluster"):
+      assert 0.0 <= grounding[part][who]["ndcg@10"] <= grounding[part][who]["hr@10"] <= 1.0
+
+
 def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
-  gin_config.parse_gin(["quickstart.gin"], [f"RUN_DIR = '{tmp_path}'", *TINY_RUN])
+  gin_config.parse_gin(["quickstart.gin"], [f"RUN_DIR = '{tmp_path}'", *TINY_RUN,
+                                             "SeqRecStageOptions.cluster_embeddings = False"])
   run_dir = rundir.RunDir(tmp_path)
   done = stages.run_stages(["seqrec"], run_dir, seed=0)
   assert done[-1] == ("seqrec", "run")
@@ -116,6 +131,8 @@ def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
     for split in ("val", "test"):
       assert set(metrics[who][split]) == {"hr@10", "ndcg@10"}
   assert metrics["softmax"] == "sampled" and metrics["seconds_per_epoch"] > 0
+  assert metrics["cluster_embeddings"] == 0
+  assert_grounding_consistent(metrics)
   vectors = seqrec_stage.load_vectors(path)
   assert vectors.item_vectors.shape == (300, 16) and vectors.user_vectors.shape == (120, 16)
   assert (path / "model" / "model-info.txt").exists()
@@ -129,3 +146,35 @@ def test_cluster_embeddings_need_the_item_clusters(tmp_path):
   with pytest.raises(training_lib.SeqRecTrainingError, match="outside \\[0, "):
     training_lib.fit(cyclic_split(), config, tmp_path, one_device_mesh(), TRAINING,
                      item_clusters=np.arange(40) % 5)
+
+
+def test_stage_feeds_the_clusters_stage_assignment_to_cluster_embeddings(tmp_path):
+  gin_config.parse_gin(["quickstart.gin"], [
+      f"RUN_DIR = '{tmp_path}'", *TINY_RUN, "SeqRecTraining.train_epochs = 1",
+      "SeqRecStageOptions.cluster_embeddings = True"])
+  run_dir = rundir.RunDir(tmp_path)
+  assert stages.run_stages(["seqrec"], run_dir, seed=0)[-1] == ("seqrec", "run")
+  path = run_dir.complete_path("seqrec")
+  metrics = json.loads((path / "metrics.json").read_text())
+  assert metrics["cluster_embeddings"] == 16
+  assert "clusters" in (path / "model" / "model-info.txt").read_text()
+  assert_grounding_consistent(metrics)
+
+
+def test_cluster_count_comes_from_the_clusters_stage():
+  options = seqrec_stage.SeqRecStageOptions(cluster_embeddings=True)
+  assert seqrec_stage.model_config(300, 16, options).num_clusters == 16
+  assert seqrec_stage.model_config(300, 16, seqrec_stage.SeqRecStageOptions()).num_clusters == 0
+  gin.parse_config("SeqRecConfig.num_clusters = 8")
+  with pytest.raises(seqrec_stage.SeqRecStageError, match="num_clusters = 8 but the clusters "
+                     "stage has 16"):
+    seqrec_stage.model_config(300, 16, options)
+  with pytest.raises(seqrec_stage.SeqRecStageError, match="cluster_embeddings = True"):
+    seqrec_stage.model_config(300, 16, seqrec_stage.SeqRecStageOptions())
+
+
+def test_bad_grounding_options_are_named():
+  with pytest.raises(seqrec_stage.SeqRecStageError, match="grounding_k=0"):
+    seqrec_stage.SeqRecStageOptions(grounding_k=0)
+  with pytest.raises(seqrec_stage.SeqRecStageError, match="'faiss'"):
+    seqrec_stage.SeqRecStageOptions(grounding_implementation="faiss")

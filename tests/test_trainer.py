@@ -76,6 +76,13 @@ def test_model_dir_has_the_t5x_layout(trained):
   assert list((model_dir / "training_eval").glob("events.out.tfevents.*"))
 
 
+def test_checkpoint_at_end_false_saves_only_every_checkpoint_every(tmp_path):
+  trainer = _trainer(tmp_path, train_steps=30, checkpoint_at_end=False, eval_every=0)
+  result = trainer.train(train.ArrayBatches(fixtures.make_data(), 8, seed=0))
+  assert result.step == 30
+  assert train.checkpoint_steps(tmp_path) == [20]
+
+
 def test_train_scalars_include_the_t5x_tags_and_mfu(trained):
   model_dir, result, _ = trained
   lines = _jsonl(model_dir / "train" / "metrics.jsonl")

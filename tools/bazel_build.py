@@ -30,7 +30,7 @@ THIRD_PARTY = {
     "pyarrow": "pyarrow", "pytest": "pytest", "scipy": "scipy", "seqio": "seqio",
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
-    "ml_dtypes": "ml-dtypes",
+    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers",
 }
 HEADER = ('load("@rules_python//python:defs.bzl", "py_binary", "py_library", "py_test")\n'
           'load("@pip//:requirements.bzl", "requirement")\n\n'
@@ -95,6 +95,8 @@ def imported_deps(path: Path) -> set[str]:
       deps.add(target_of(path.parent / f"{top}.py"))
     elif (ROOT / "tools" / f"{top}.py").is_file():  # developer tools, on the tests' path
       deps.add(target_of(ROOT / "tools" / f"{top}.py"))
+    elif (ROOT / "bench" / f"{top}.py").is_file():  # a benchmark a test imports
+      deps.add(target_of(ROOT / "bench" / f"{top}.py"))
     else:
       raise BuildError(f"{path.relative_to(ROOT)}: import {name!r} is neither the project, the "
                        "standard library nor a known package; add it to THIRD_PARTY in "

@@ -120,8 +120,12 @@ def decoder_config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float3
   if rope.get("partial_rotary_factor", 1.0) != 1.0:
     raise CheckpointImportError(f"{where}: partial_rotary_factor is not supported")
   tied_default = family == "gemma"
+  # Every other field at its code default, passed explicitly: a config read from a
+  # checkpoint takes nothing from gin bindings (e.g. a bound lora_rank or rope_scaling).
+  defaults = {f.name: f.default for f in dataclasses.fields(DecoderConfig)
+              if f.default is not dataclasses.MISSING}
   try:
-    return DecoderConfig(
+    values = dict(
         family=family, vocab_size=int(get("vocab_size")), d_model=int(hidden),
         num_layers=int(get("num_hidden_layers")), num_heads=int(heads),
         num_kv_heads=int(get("num_key_value_heads", heads)),
@@ -129,6 +133,7 @@ def decoder_config_from_hf(hf_config: Mapping[str, Any], *, dtype: str = "float3
         rope_theta=float(rope_theta), norm_eps=float(get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", tied_default)),
         activation=_HF_ACTIVATIONS[act_name], dtype=dtype, param_dtype=param_dtype, **scaling)
+    return DecoderConfig(**{**defaults, **values})
   except ValueError as e:
     raise CheckpointImportError(f"{where}: {e}") from None
 

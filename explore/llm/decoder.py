@@ -24,7 +24,7 @@ from explore.llm import layers
 from explore.llm.decoder_config import DecoderConfig
 
 # Logical axes of the cache arrays, for sharding them like activations.
-CACHE_KV_AXES = ("batch", "length", None, "kv")
+CACHE_KV_AXES = ("batch", "length", "kv_heads", "kv")
 CACHE_VALID_AXES = ("batch", "length")
 
 
@@ -88,6 +88,13 @@ class DecoderBlock(nnx.Module):
                                activation=config.mlp_activation, dtype=dtype,
                                param_dtype=param_dtype, rngs=rngs)
 
+  def add_lora(self, config: DecoderConfig, rngs: nnx.Rngs) -> None:
+    """Adds LoRA adapters to the block's projections in `config.lora_targets`."""
+    for layer in (self.attention, self.mlp):
+      layers.add_lora_adapters(layer, config.lora_targets, rank=config.lora_rank,
+                               alpha=config.lora_alpha, dtype=config.compute_dtype,
+                               param_dtype=config.parameter_dtype, rngs=rngs)
+
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: tuple[jax.Array, jax.Array, jax.Array] | None = None):
     """[B, T, D] -> [B, T, D] and the layer's updated (keys, values) or None."""
@@ -120,6 +127,11 @@ class Decoder(nnx.Module):
         self.unembed = layers.logical_param(
             rngs, nnx.initializers.lecun_normal(), (config.d_model, config.vocab_size),
             ("embed", "vocab"), config.parameter_dtype)
+      # Adapters draw their random A after every base weight, so the base of a
+      # LoRA model equals the model built without LoRA from the same seed.
+      if config.lora_rank:
+        for block in self.blocks:
+          block.add_lora(config, rngs)
 
   def _logits(self, x: jax.Array) -> jax.Array:
     """[B, T, D] -> [B, T, V] float32."""

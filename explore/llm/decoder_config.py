@@ -8,6 +8,10 @@ picks the Llama or Gemma conventions:
 
 `tie_embeddings` and `activation` default to the family's choice and can be
 set explicitly (e.g. Llama 3.2 1B ties its embeddings).
+
+`lora_rank > 0` adds LoRA adapters to the projections named in `lora_targets`
+(see `explore.llm.lora`); the base weights keep their names, so a checkpoint
+made without LoRA restores into the base of a LoRA model.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ _FAMILY_TIED = {"llama": False, "gemma": True}
 _ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 _DTYPES = ("float32", "bfloat16", "float16")
 ROPE_SCALINGS = (None, "llama3")
+# Projections that can carry a LoRA adapter: attention q/k/v/o, MLP gate/up/down.
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
 
 
 class DecoderConfigError(ValueError):
@@ -57,6 +63,9 @@ class DecoderConfig:
   dtype: str = "float32"  # compute dtype, e.g. "bfloat16" on accelerators
   param_dtype: str = "float32"  # stored parameters (and optimizer state)
   remat: bool = False  # recompute each block's activations in the backward pass
+  lora_rank: int = 0  # LoRA adapter rank; 0 = no adapters
+  lora_alpha: float = 16.0  # adapters are scaled by lora_alpha / lora_rank
+  lora_targets: tuple[str, ...] = LORA_TARGETS  # projections that get an adapter
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -94,6 +103,28 @@ class DecoderConfig:
       if getattr(self, name) not in _DTYPES:
         raise DecoderConfigError(
             f"DecoderConfig.{name}={getattr(self, name)!r} must be one of {_DTYPES}")
+    self._validate_lora()
+
+  def _validate_lora(self) -> None:
+    rank = self.lora_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+      raise DecoderConfigError(f"DecoderConfig.lora_rank={rank!r} must be an integer >= 0")
+    if not self.lora_alpha > 0:
+      raise DecoderConfigError(f"DecoderConfig.lora_alpha={self.lora_alpha!r} must be > 0")
+    targets = self.lora_targets
+    if isinstance(targets, str) or not isinstance(targets, (tuple, list)):
+      raise DecoderConfigError(
+          f"DecoderConfig.lora_targets={targets!r} must be a tuple of names from {LORA_TARGETS}")
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    if unknown:
+      raise DecoderConfigError(
+          f"DecoderConfig.lora_targets has unknown projections {unknown}; choose from"
+          f" {LORA_TARGETS}")
+    if rank and not targets:
+      raise DecoderConfigError(
+          f"DecoderConfig.lora_rank={rank} but lora_targets is empty: no adapter to train")
+    # Gin passes lists; keep the (frozen, hashable) config a tuple.
+    object.__setattr__(self, "lora_targets", tuple(targets))
 
   # Family conventions -------------------------------------------------------
 
@@ -147,10 +178,19 @@ class DecoderConfig:
     return d * n * h + 2 * d * k * h + n * h * d + 3 * d * f
 
   def num_params(self) -> int:
-    """Every parameter: embeddings (+ output layer if untied), blocks, norms."""
+    """Every parameter: embeddings (+ output layer if untied), blocks, norms, LoRA adapters."""
     embeddings = self.vocab_size * self.d_model * (1 if self.tied else 2)
     blocks = self.num_layers * (self.block_matmul_params() + 2 * self.d_model)
-    return embeddings + blocks + self.d_model
+    return embeddings + blocks + self.d_model + self.num_lora_params()
+
+  def num_lora_params(self) -> int:
+    """Weights of the LoRA adapters: rank * (fan_in + fan_out) per targeted projection."""
+    if not self.lora_rank:
+      return 0
+    d, n, k, h, f = self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
+    sides = {"query": d + n * h, "key": d + k * h, "value": d + k * h, "out": n * h + d,
+             "gate": d + f, "up": d + f, "down": f + d}
+    return self.num_layers * self.lora_rank * sum(sides[t] for t in self.lora_targets)
 
   def flops_per_example(self, length: int) -> float:
     """Training FLOPs of one length-`length` sequence, MaxText counting.
@@ -162,7 +202,10 @@ class DecoderConfig:
       unembed:    2 * T * D * V         (the output projection to the vocabulary)
     and training is 3 x forward (forward + two backward matmuls). Embedding
     lookups, norms, softmax and rotary positions are not counted; packed
-    sequences are counted at the full length.
+    sequences are counted at the full length. LoRA adapters are not counted
+    either, and a LoRA run is still counted at 3 x the base forward (the
+    usual model-FLOPs convention) although frozen kernels need no weight
+    gradients.
     """
     t = length
     blocks = 2 * t * self.num_layers * self.block_matmul_params()

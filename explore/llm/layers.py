@@ -10,6 +10,10 @@ computes in `__call__` with named einsum dimensions:
 Parameters are stored in `param_dtype` and cast to the compute `dtype` where
 used; norms, softmax and logits run in float32.
 
+LoRA (`LoraAdapter`): a projection named in `lora_targets` adds a low-rank
+update (alpha / rank) * (x A) B whose weights are `nnx.LoRAParam`s, so the
+trainer can train them alone (see `explore.llm.lora`).
+
 Rotary positions use the "rotate half" layout of Hugging Face's Llama and
 Gemma (the first and second half of each head dimension form the rotated
 pairs), so their q/k weights import without any permutation.
@@ -17,7 +21,8 @@ pairs), so their q/k weights import without any permutation.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Callable, Collection, Sequence
 
 from flax import nnx
 import jax
@@ -41,18 +46,32 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
 
   A no-op outside a mesh context (`jax.set_mesh`), e.g. in eager CPU tests;
   the trainer's jitted steps shard activations this way when run under one.
+  A dimension whose size its mesh axes do not divide (e.g. 2 kv heads over
+  model=4) is left replicated rather than sharded unevenly.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  return partitioning.with_logical_constraint(x, logical_axes, mesh)
+  if len(logical_axes) != x.ndim:
+    raise partitioning.LogicalAxisError(
+        f"constrain: logical axes {tuple(logical_axes)} do not match an array of shape"
+        f" {x.shape}")
+  spec = partitioning.logical_to_mesh_axes(logical_axes)
+  entries = []
+  for size, entry in zip(x.shape, spec):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    shards = math.prod(mesh.shape[a] for a in axes)
+    entries.append(entry if size % shards == 0 else None)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries))
+  return jax.lax.with_sharding_constraint(x, sharding)
 
 
 def logical_param(rngs: nnx.Rngs, init: nnx.Initializer, shape: tuple[int, ...],
-                  axes: tuple[str | None, ...], param_dtype: jnp.dtype) -> nnx.Param:
-  """A parameter carrying its logical axes as sharding metadata."""
+                  axes: tuple[str | None, ...], param_dtype: jnp.dtype,
+                  variable_type: type[nnx.Param] = nnx.Param) -> nnx.Param:
+  """A parameter (of `variable_type`) carrying its logical axes as sharding metadata."""
   init = nnx.with_partitioning(init, axes)
-  return nnx.Param(init(rngs.params(), shape, param_dtype))
+  return variable_type(init(rngs.params(), shape, param_dtype))
 
 
 def _fan_in_init(fan_in: int) -> nnx.Initializer:
@@ -63,6 +82,64 @@ def _fan_in_init(fan_in: int) -> nnx.Initializer:
     return stddev * jax.random.normal(key, shape, dtype)
 
   return init
+
+
+class LoraAdapter(nnx.Module):
+  """The low-rank update (alpha / rank) * (x A) B of one projection kernel.
+
+  For a kernel of shape in_shape + out_shape (e.g. query [D] + [N, H]),
+  A is [*in_shape, rank] (fan-in scaled normal) and B [rank, *out_shape]
+  (zeros), so a fresh adapter adds exactly 0. Their logical axes mirror the
+  kernel's on the in / out side; the rank axis is replicated.
+  """
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
+               in_axes: Sequence[str | None], out_axes: Sequence[str | None], *,
+               rank: int, alpha: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    self.num_in = len(in_shape)
+    self.scale = float(alpha) / rank
+    self.dtype = dtype
+    self.a = logical_param(rngs, _fan_in_init(math.prod(in_shape)), (*in_shape, rank),
+                           (*in_axes, None), param_dtype, nnx.LoRAParam)
+    self.b = logical_param(rngs, nnx.initializers.zeros, (rank, *out_shape),
+                           (None, *out_axes), param_dtype, nnx.LoRAParam)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[..., *in_shape] -> [..., *out_shape] in the compute dtype."""
+    low = jnp.tensordot(x, self.a[...].astype(self.dtype), axes=self.num_in)  # [..., rank]
+    update = jnp.tensordot(low, self.b[...].astype(self.dtype), axes=1)  # [..., *out_shape]
+    return update * jnp.asarray(self.scale, self.dtype)
+
+  def delta(self) -> jax.Array:
+    """The dense update of the kernel, [*in_shape, *out_shape] in float32."""
+    a = self.a[...].astype(jnp.float32)
+    b = self.b[...].astype(jnp.float32)
+    return self.scale * jnp.tensordot(a, b, axes=1)
+
+
+def add_lora_adapters(layer: nnx.Module, targets: Collection[str], *, rank: int,
+                      alpha: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                      rngs: nnx.Rngs) -> None:
+  """Sets `layer.<kernel>_lora` to a fresh adapter for each of its kernels in `targets`.
+
+  `layer.LORA_KERNELS` maps a kernel attribute to (number of input dims, its
+  logical axes); kernels not targeted keep `<kernel>_lora = None`.
+  """
+  for name, (num_in, axes) in layer.LORA_KERNELS.items():
+    if name in targets:
+      shape = getattr(layer, name).get_value().shape
+      setattr(layer, f"{name}_lora", LoraAdapter(
+          shape[:num_in], shape[num_in:], axes[:num_in], axes[num_in:], rank=rank,
+          alpha=alpha, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
+
+
+def project(owner: nnx.Module, name: str, spec: str, x: jax.Array, dtype: jnp.dtype
+            ) -> jax.Array:
+  """einsum(spec, x, kernel `name`) plus the kernel's LoRA update when it has one."""
+  out = jnp.einsum(spec, x, getattr(owner, name)[...].astype(dtype))
+  adapter = getattr(owner, f"{name}_lora")
+  return out if adapter is None else out + adapter(x)
 
 
 class RMSNorm(nnx.Module):
@@ -151,6 +228,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 class Attention(nnx.Module):
   """Multi-head attention with grouped key/value heads and rotary positions."""
 
+  # Kernels that can carry a LoRA adapter: (input dims, logical axes).
+  LORA_KERNELS = {"query": (1, ("embed", "heads", "kv")), "key": (1, ("embed", None, "kv")),
+                  "value": (1, ("embed", None, "kv")), "out": (2, ("heads", "kv", "embed"))}
+
   def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                rope_inv_freq: Sequence[float], dtype: jnp.dtype, param_dtype: jnp.dtype,
                rngs: nnx.Rngs):
@@ -162,20 +243,26 @@ class Attention(nnx.Module):
     self.dtype = dtype
     self.query = logical_param(rngs, _fan_in_init(dim), (dim, num_heads, head_dim),
                                ("embed", "heads", "kv"), param_dtype)
-    # Key/value heads are few (often fewer than the model-parallel devices),
-    # so their head dimension is replicated rather than split like `heads`.
+    # Key/value heads are few (often fewer than the model-parallel devices):
+    # 'kv_heads' splits them over `model` where they divide, else replicates
+    # them (partitioning.SHARD_WHERE_DIVISIBLE).
     self.key = logical_param(rngs, _fan_in_init(dim), (dim, num_kv_heads, head_dim),
-                             ("embed", None, "kv"), param_dtype)
+                             ("embed", "kv_heads", "kv"), param_dtype)
     self.value = logical_param(rngs, _fan_in_init(dim), (dim, num_kv_heads, head_dim),
-                               ("embed", None, "kv"), param_dtype)
+                               ("embed", "kv_heads", "kv"), param_dtype)
     self.out = logical_param(rngs, _fan_in_init(num_heads * head_dim),
                              (num_heads, head_dim, dim), ("heads", "kv", "embed"), param_dtype)
+    # Data attributes (not static), so `add_lora_adapters` may set adapters later.
+    self.query_lora = self.key_lora = self.value_lora = self.out_lora = nnx.data(None)
 
   def project_kv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[B, T, D] -> rotated keys and values, [B, T, K, H] each."""
-    key = jnp.einsum("BTD,DKH->BTKH", x, self.key[...].astype(self.dtype))
-    value = jnp.einsum("BTD,DKH->BTKH", x, self.value[...].astype(self.dtype))
-    return apply_rope(key, positions, self._inv_freq()), value
+    key = project(self, "key", "BTD,DKH->BTKH", x, self.dtype)
+    value = project(self, "value", "BTD,DKH->BTKH", x, self.dtype)
+    # Shards the kv heads over `model` where their number divides it (see `constrain`).
+    value = constrain(value, ("batch", "length", "kv_heads", "kv"))
+    key = apply_rope(key, positions, self._inv_freq())
+    return constrain(key, ("batch", "length", "kv_heads", "kv")), value
 
   def _inv_freq(self) -> jax.Array:
     return jnp.asarray(self.rope_inv_freq, jnp.float32)  # [H / 2]
@@ -195,7 +282,7 @@ class Attention(nnx.Module):
     Returns:
       [B, T, D] outputs and the updated (keys, values), or None without a cache.
     """
-    query = jnp.einsum("BTD,DNH->BTNH", x, self.query[...].astype(self.dtype))
+    query = project(self, "query", "BTD,DNH->BTNH", x, self.dtype)
     query = apply_rope(query, positions, self._inv_freq()) * jnp.asarray(
         self.head_dim ** -0.5, self.dtype)
     query = constrain(query, ("batch", "length", "heads", "kv"))
@@ -210,12 +297,14 @@ class Attention(nnx.Module):
       new_cache = (key, value)
       key, value = key.astype(self.dtype), value.astype(self.dtype)  # [B, S, K, H]
     out = dot_product_attention(query, key, value, mask)  # [B, T, N, H]
-    out = jnp.einsum("BTNH,NHD->BTD", out, self.out[...].astype(self.dtype))
-    return out, new_cache
+    return project(self, "out", "BTNH,NHD->BTD", out, self.dtype), new_cache
 
 
 class GatedMLP(nnx.Module):
   """act(x W_gate) * (x W_up) W_down: SwiGLU (Llama) or GeGLU (Gemma)."""
+
+  LORA_KERNELS = {"gate": (1, ("embed", "mlp")), "up": (1, ("embed", "mlp")),
+                  "down": (1, ("mlp", "embed"))}
 
   def __init__(self, dim: int, mlp_dim: int, *, activation: str, dtype: jnp.dtype,
                param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -229,9 +318,10 @@ class GatedMLP(nnx.Module):
                             param_dtype)
     self.down = logical_param(rngs, _fan_in_init(mlp_dim), (mlp_dim, dim), ("mlp", "embed"),
                               param_dtype)
+    self.gate_lora = self.up_lora = self.down_lora = nnx.data(None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(self.dtype))
-    up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(self.dtype))
+    gate = project(self, "gate", "BTD,DF->BTF", x, self.dtype)
+    up = project(self, "up", "BTD,DF->BTF", x, self.dtype)
     hidden = constrain(ACTIVATIONS[self.activation](gate) * up, ("batch", "length", "mlp"))
-    return jnp.einsum("BTF,FD->BTD", hidden, self.down[...].astype(self.dtype))
+    return project(self, "down", "BTF,FD->BTD", hidden, self.dtype)

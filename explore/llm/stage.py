@@ -3,6 +3,11 @@
 Reads the `clusters` descriptions and the `transitions` examples and task
 source; writes into the stage folder:
   tokenizer/spm.model   SentencePiece model trained on the descriptions + prompts
+                        (from scratch), or the pretrained checkpoint's own
+                        tokenizer.model / tokenizer.json + special_tokens.json
+  pretrained/           with `LlmStageOptions.pretrained_checkpoint`: the imported
+                        weights (checkpoint_0, weights only) the training starts
+                        from, and source.json (the checkpoint folder's fingerprint)
   model/                the trainer's model_dir (checkpoints, model-info.txt,
                         train/ TensorBoard scalars and metrics.jsonl)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
@@ -31,13 +36,18 @@ from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
+from explore.llm import checkpoint_tokenizer
+from explore.llm import lora
+from explore.llm import pretrained as pretrained_lib
 from explore.llm import scoring
 from explore.llm import tokenizer as tokenizer_lib
 from explore.transitions import stage as transitions_stage
 from explore.transitions.examples import NovelTransitions, TEST, TRAIN
 from explore.transitions.task_source import format_history_prompt
 
+TOKENIZER_DIR = "tokenizer"
 TOKENIZER = "tokenizer/spm.model"
+PRETRAINED = "pretrained"
 MODEL = "model"
 METRICS = "metrics.json"
 LLM = "llm"
@@ -50,9 +60,14 @@ class LlmStageError(ValueError):
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LlmStageOptions:
-  """Knobs of the `llm` stage's evaluation.
+  """Knobs of the `llm` stage: where the decoder starts, and its evaluation.
 
   Attributes:
+    pretrained_checkpoint: a Hugging Face Llama/Gemma checkpoint folder
+      (config.json, *.safetensors, tokenizer.model or tokenizer.json) to
+      fine-tune with its own tokenizer, instead of training a tokenizer and
+      a decoder from scratch (see `explore.llm.pretrained` for which
+      DecoderConfig fields come from the checkpoint and which from gin).
     max_eval_examples: evaluate at most this many test examples (None: all),
       a uniform sample without replacement drawn with the run's seed, in test
       order; every planner is evaluated on the same sample.
@@ -62,6 +77,7 @@ class LlmStageOptions:
     rare_max: test tuples seen 1..rare_max times in train are 'rare'.
   """
 
+  pretrained_checkpoint: str | None = None
   max_eval_examples: int | None = 2000
   length_normalize: bool = False
   prompts_per_chunk: int | None = None
@@ -79,8 +95,11 @@ def load_metrics(stage_path: Path) -> dict[str, Any]:
   return artifacts.read_json(Path(stage_path) / METRICS)
 
 
-def load_tokenizer(stage_path: Path) -> tokenizer_lib.Tokenizer:
-  return tokenizer_lib.Tokenizer.from_file(Path(stage_path) / TOKENIZER)
+def load_tokenizer(stage_path: Path) -> tokenizer_lib.TextTokenizer:
+  """The stage's tokenizer: its trained SentencePiece model, or the checkpoint's copy."""
+  if (Path(stage_path) / TOKENIZER).exists():
+    return tokenizer_lib.Tokenizer.from_file(Path(stage_path) / TOKENIZER)
+  return checkpoint_tokenizer.load_saved_tokenizer(Path(stage_path) / TOKENIZER_DIR)
 
 
 def _default_mesh():
@@ -98,7 +117,7 @@ def eval_examples(transitions: NovelTransitions, max_examples: int | None, seed:
   return np.sort(rng.choice(test, size=max_examples, replace=False))
 
 
-def llm_scores(model, tokenizer: tokenizer_lib.Tokenizer, descriptions: list[str],
+def llm_scores(model, tokenizer: tokenizer_lib.TextTokenizer, descriptions: list[str],
                history: np.ndarray, options: LlmStageOptions) -> np.ndarray:
   """[n, M] the decoder's score of every cluster after each history's prompt.
 
@@ -123,6 +142,17 @@ def _last(history: list[dict], key: str) -> float | None:
   return values[-1] if values else None
 
 
+def _fine_tuning_config(config: train.TrainerConfig, initial_dir: Path) -> train.TrainerConfig:
+  """Starts training from the imported weights (weights only; adapters and optimizer fresh)."""
+  if config.initial_checkpoint_path:
+    raise LlmStageError(
+        f"TrainerConfig.initial_checkpoint_path={config.initial_checkpoint_path!r} and "
+        "LlmStageOptions.pretrained_checkpoint are both set; the stage starts from the imported "
+        "checkpoint, so unbind initial_checkpoint_path")
+  return dataclasses.replace(config, initial_checkpoint_path=str(initial_dir),
+                             restore_weights_only=True)
+
+
 class _Clock:
   """Wall and process CPU seconds of named phases (CPU time shows the stage's own cost)."""
 
@@ -142,7 +172,7 @@ class _Clock:
     configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
                    "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"))
 def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
-  """Trains the decoder on (history prompt -> next description); hit@k against the baselines."""
+  """Trains, or fine-tunes from a pretrained checkpoint, the decoder; hit@k vs the baselines."""
   options = LlmStageOptions()
   clock = _Clock()
   clock.start()
@@ -158,30 +188,49 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
     raise LlmStageError(f"{transitions_path}: the llm stage needs train and test examples "
                         f"(set novel_transitions.test_fraction in (0, 1))")
 
-  tokenizer = tokenizer_lib.train_sentencepiece(
-      tokenizer_lib.sentencepiece_corpus(descriptions, transitions.k), ctx.path / TOKENIZER)
+  task = decoder_task.DecoderTask()
+  trainer_config = train.TrainerConfig()
+  mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
+  start = None
+  if options.pretrained_checkpoint:
+    start = pretrained_lib.prepare_pretrained(
+        options.pretrained_checkpoint, task.config, pretrained_lib.bound_decoder_fields(),
+        ctx.path / TOKENIZER_DIR)
+    tokenizer, config = start.tokenizer, start.config
+    trainer_config = _fine_tuning_config(trainer_config, ctx.path / PRETRAINED)
+    # Feature rows pad with id 0; a tokenizer whose id 0 is a real token must not produce it.
+    if tokenizer.pad_id != features.PAD_ID:
+      tokenizer_lib.check_padding_id_unused(tokenizer, descriptions, "description of cluster")
+      tokenizer_lib.check_padding_id_unused(
+          tokenizer, [format_history_prompt(descriptions[:transitions.k])], "prompt")
+  else:
+    tokenizer = tokenizer_lib.train_sentencepiece(
+        tokenizer_lib.sentencepiece_corpus(descriptions, transitions.k), ctx.path / TOKENIZER)
+    if task.config.vocab_size != tokenizer.vocab_size:
+      logging.info("llm: decoder vocab_size %d set to the tokenizer's %d",
+                   task.config.vocab_size, tokenizer.vocab_size)
+    config = dataclasses.replace(task.config, vocab_size=tokenizer.vocab_size)
   tokenizer_lib.check_descriptions_tokenize_uniquely(tokenizer, descriptions)
+  tokenizer_lib.check_vocab_matches(tokenizer, config.vocab_size,
+                                    allow_padding=start is not None)
   arrays = features.novel_interest_arrays(
       transitions_path / transitions_stage.TASK_SOURCE / "train.tsv", tokenizer)
   length = arrays[decoder_task.TARGETS].shape[1]
-  task = decoder_task.DecoderTask()
-  if task.config.vocab_size != tokenizer.vocab_size:
-    logging.info("llm: decoder vocab_size %d set to the tokenizer's %d",
-                 task.config.vocab_size, tokenizer.vocab_size)
-  task = dataclasses.replace(
-      task, config=dataclasses.replace(task.config, vocab_size=tokenizer.vocab_size),
-      sequence_length=length, packed=True)
-  tokenizer_lib.check_vocab_matches(tokenizer, task.config.vocab_size)
+  task = dataclasses.replace(task, config=config, sequence_length=length, packed=True)
   batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
+  if start is not None:
+    pretrained_lib.write_initial_checkpoint_once(start, ctx.path / PRETRAINED, mesh,
+                                                 stale=(ctx.path / MODEL,))
   clock.stop("prepare")
 
   clock.start()
-  trainer_config = train.TrainerConfig()
-  mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
-  trainer = train.Trainer(task, task.model_fn(ctx.seed), ctx.path / MODEL, mesh, trainer_config)
-  logging.info("llm: %d packed rows of %d tokens, %d parameters, %d steps at batch %d",
-               len(arrays[decoder_task.TARGETS]), length, task.config.num_params(),
-               trainer_config.train_steps, trainer_config.batch_size)
+  # With DecoderConfig.lora_rank > 0 only the adapters train; the base is frozen.
+  trainer = train.Trainer(task, task.model_fn(ctx.seed), ctx.path / MODEL, mesh, trainer_config,
+                          trainable=lora.trainable_filter(task.config))
+  logging.info("llm: %d packed rows of %d tokens, %d parameters (%d trainable), %d steps at"
+               " batch %d", len(arrays[decoder_task.TARGETS]), length, trainer.num_params,
+               trainer.num_trainable_params, trainer_config.train_steps,
+               trainer_config.batch_size)
   result = trainer.train(train.ArrayBatches(batch_features, trainer_config.batch_size,
                                             seed=ctx.seed))
   if result.stopped_reason == "nan":
@@ -218,7 +267,13 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "train_rows": int(len(arrays[decoder_task.TARGETS])),
       "sequence_length": int(length),
       "vocab_size": tokenizer.vocab_size,
-      "num_params": int(task.config.num_params()),
+      "num_params": int(trainer.num_params),
+      "num_trainable_params": int(trainer.num_trainable_params),
+      "lora_rank": int(task.config.lora_rank),
+      "pretrained": None if start is None else {
+          "checkpoint": str(start.directory), "fingerprint": start.fingerprint["hash"],
+          "files": start.fingerprint["files"], "family": task.config.family,
+          "tokenizer": tokenizer.model_path.name, "eos_id": tokenizer.eos_id},
       "tokens_per_second": _last(result.history, "timing/tokens_per_second"),
       "seconds": clock.seconds,
   }
@@ -229,4 +284,6 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   return {"hit@5": hit5,
           "hit@5_unseen": {n: evaluation["planners"][n]["unseen"]["hit@5"] for n in scores},
           "train_loss_first": loss_first, "train_loss_last": loss_last,
-          "evaluated_examples": int(len(examples)), "seconds": clock.seconds}
+          "evaluated_examples": int(len(examples)), "seconds": clock.seconds,
+          "pretrained": None if start is None else {
+              "checkpoint": str(start.directory), "fingerprint": start.fingerprint["hash"]}}

@@ -5,6 +5,14 @@ decoder's first input is the pad id, as seqio's feature converters shift
 right with 0). A model trained here is a plain `.model` file, so T5X users can
 load it as `seqio.SentencePieceVocabulary(path)` (`seqio_vocabulary` does).
 
+A pretrained checkpoint brings its own SentencePiece model with its own ids
+(Llama 2: unk 0, bos 1, eos 2, no pad); `Tokenizer.from_file(path,
+seqio_ids=False)` loads it as it is. Feature rows are still padded with id 0
+(`explore.llm.features`), which is harmless as long as no text encodes to id 0
+(`check_padding_id_unused`). `TextTokenizer` is what the pipeline needs of any
+tokenizer; `explore.llm.checkpoint_tokenizer.HfTokenizer` (a Hugging Face
+`tokenizer.json`) is the other implementation.
+
 The planner generates a cluster description token by token under a trie, so
 the tokenizer must keep the descriptions apart: each description + EOS must
 give a token sequence of its own (`check_descriptions_tokenize_uniquely`).
@@ -19,7 +27,7 @@ import numbers
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 from absl import logging
 import gin
@@ -45,29 +53,67 @@ class TokenizerError(ValueError):
   """A tokenizer that cannot be trained or loaded, or that does not fit the model or clusters."""
 
 
-class Tokenizer:
-  """A SentencePiece model with the seqio id convention, usable without TensorFlow."""
+class TextTokenizer(Protocol):
+  """What the `llm` stage, the features and the scoring need of a tokenizer.
 
-  def __init__(self, model_proto: bytes, model_path: str | os.PathLike | None = None):
+  `pad_id` is the tokenizer's own padding id (-1 when it has none); feature
+  rows are padded with `explore.llm.features.PAD_ID` whatever it is.
+  """
+
+  model_path: Path | None
+
+  @property
+  def vocab_size(self) -> int: ...
+
+  @property
+  def eos_id(self) -> int: ...
+
+  @property
+  def pad_id(self) -> int: ...
+
+  def encode(self, text: str, add_eos: bool = False) -> list[int]: ...
+
+  def encode_batch(self, texts: Iterable[str], add_eos: bool = False) -> list[list[int]]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class Tokenizer:
+  """A SentencePiece model, usable without TensorFlow.
+
+  With `seqio_ids` (the default) the model must follow the seqio convention
+  (pad 0 and an EOS id), as `train_sentencepiece` makes it; without, any
+  model with an EOS piece is accepted (a pretrained checkpoint's
+  `tokenizer.model`).
+  """
+
+  def __init__(self, model_proto: bytes, model_path: str | os.PathLike | None = None,
+               seqio_ids: bool = True):
     self._processor = spm.SentencePieceProcessor(model_proto=model_proto)
     self.model_path = None if model_path is None else Path(model_path)
     where = self.model_path or "sentencepiece model"
-    if self._processor.pad_id() != PAD_ID or self._processor.eos_id() < 0:
+    if self._processor.eos_id() < 0:
+      raise TokenizerError(f"{where}: the sentencepiece model has no EOS piece (eos_id=-1); "
+                           "the decoder is trained to end every description with EOS")
+    if seqio_ids and self._processor.pad_id() != PAD_ID:
       raise TokenizerError(
           f"{where}: pad_id={self._processor.pad_id()}, eos_id={self._processor.eos_id()}; "
           f"the seqio convention needs pad_id={PAD_ID} and an eos id (train with "
           "train_sentencepiece)")
 
   @classmethod
-  def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
-    """Loads a `.model` file written by `train_sentencepiece` (or any pad=0 model with EOS)."""
+  def from_file(cls, path: str | os.PathLike, seqio_ids: bool = True) -> "Tokenizer":
+    """Loads a `.model` file written by `train_sentencepiece` (or any pad=0 model with EOS).
+
+    `seqio_ids=False` accepts a pretrained model's own ids (any model with EOS).
+    """
     path = Path(path)
     try:
       proto = path.read_bytes()
     except FileNotFoundError:
       raise TokenizerError(f"{path}: sentencepiece model file not found") from None
     try:
-      return cls(proto, path)
+      return cls(proto, path, seqio_ids=seqio_ids)
     except RuntimeError as e:
       raise TokenizerError(f"{path}: not a sentencepiece model ({e})") from None
 
@@ -108,7 +154,15 @@ class Tokenizer:
 
 
 def seqio_vocabulary(tokenizer: Tokenizer) -> "seqio.SentencePieceVocabulary":
-  """The equivalent `seqio.SentencePieceVocabulary` (imports seqio, hence TensorFlow)."""
+  """The equivalent `seqio.SentencePieceVocabulary` (imports seqio, hence TensorFlow).
+
+  Only SentencePiece tokenizers have one; a `tokenizer.json` (Hugging Face
+  BPE) has no seqio vocabulary.
+  """
+  if not isinstance(tokenizer, Tokenizer):
+    raise TokenizerError(
+        f"seqio_vocabulary: {tokenizer.model_path or type(tokenizer).__name__} is not a "
+        "SentencePiece model; seqio vocabularies exist only for SentencePiece tokenizers")
   import seqio  # pylint: disable=g-import-not-at-top
   if tokenizer.model_path is None:
     raise TokenizerError("seqio_vocabulary: the tokenizer has no model file; save it first "
@@ -199,7 +253,7 @@ def train_sentencepiece(
   return Tokenizer(proto, model_path)
 
 
-def check_vocab_matches(tokenizer: Tokenizer, model_vocab_size: int,
+def check_vocab_matches(tokenizer: TextTokenizer, model_vocab_size: int,
                         allow_padding: bool = False) -> None:
   """Raises TokenizerError unless the model's embedding has a row per token id.
 
@@ -216,7 +270,8 @@ def check_vocab_matches(tokenizer: Tokenizer, model_vocab_size: int,
         f"vocab_size is {model_vocab_size} (needs {need} {tokenizer.vocab_size})")
 
 
-def check_descriptions_tokenize_uniquely(tokenizer: Tokenizer, texts: Sequence[str]) -> None:
+def check_descriptions_tokenize_uniquely(tokenizer: TextTokenizer, texts: Sequence[str]
+                                         ) -> None:
   """Raises TokenizerError unless each description + EOS is a token sequence of its own.
 
   Every sequence ends in EOS, which never occurs inside one, so distinct
@@ -230,3 +285,19 @@ def check_descriptions_tokenize_uniquely(tokenizer: Tokenizer, texts: Sequence[s
           f"descriptions of clusters {other} ({str(texts[other])!r}) and {cluster} "
           f"({str(texts[cluster])!r}) tokenize to the same ids {ids}; the planner could not "
           "tell them apart (retrain the tokenizer on these descriptions, or make them differ)")
+
+
+def check_padding_id_unused(tokenizer: TextTokenizer, texts: Sequence[str], what: str,
+                            padding_id: int = PAD_ID) -> None:
+  """Raises TokenizerError if a text encodes to `padding_id`, which fills feature rows.
+
+  A pretrained tokenizer may give id 0 to a real token (Llama 3: "!"; Llama 2:
+  <unk>); the features and the loss treat id 0 as padding, so no training
+  text may contain it.
+  """
+  for i, ids in enumerate(tokenizer.encode_batch(texts)):
+    if padding_id in ids:
+      where = tokenizer.model_path or "the tokenizer"
+      raise TokenizerError(
+          f"{what} {i} ({str(texts[i])!r}) encodes to id {padding_id} with {where}, the id "
+          "that pads feature rows; remove the character(s) it stands for from the text")

@@ -110,6 +110,14 @@ def tile_bounds(offsets: jax.Array, tile_cluster: jax.Array, num_items: int
   return starts[tile_cluster], sizes[tile_cluster]
 
 
+
+def plan_tiles(chosen_clusters: jax.Array, offsets: jax.Array, num_items: int,
+               users_per_tile: int):
+  """(`group_pairs` groups, tile start [tiles], tile size [tiles]) of a batch of plans."""
+  groups = group_pairs(chosen_clusters, offsets.shape[0] - 1, users_per_tile)
+  tile_start, tile_size = tile_bounds(offsets, groups.tile_cluster, num_items)
+  return groups, tile_start, tile_size
+
 def mask_seen_in_tiles(scores: jax.Array, tile_user: jax.Array, tile_start: jax.Array,
                        tile_size: jax.Array, seen_positions: jax.Array) -> jax.Array:
   """Sets each slot's seen items (layout positions, -1 padding) to -inf in [tiles, T, W]."""
@@ -164,8 +172,8 @@ def contiguous_top_k(user_vectors: jax.Array, laid_items: jax.Array, order: jax.
     slab_width: W >= the largest cluster.
   """
   num_items = positions.shape[0]
-  groups = group_pairs(chosen_clusters, offsets.shape[0] - 1, users_per_tile)
-  tile_start, tile_size = tile_bounds(offsets, groups.tile_cluster, num_items)
+  groups, tile_start, tile_size = plan_tiles(chosen_clusters, offsets, num_items,
+                                             users_per_tile)
   users = user_vectors[jnp.maximum(groups.tile_user, 0)]  # [tiles, T, d]
   slab_rows = tile_start[:, None] + jnp.arange(slab_width)  # [tiles, W]
   slabs = laid_items[slab_rows]  # [tiles, W, d]

@@ -36,6 +36,20 @@ DOT_PRECISIONS = {
 }
 
 
+def resolve_precision(precision, dot_precision: str | None, merge: str):
+  """The kernels' dot precision: `dot_precision` (a DOT_PRECISIONS key) over `precision`.
+
+  Also checks the pipeline's `merge` option ("pallas" or "sort").
+  """
+  if merge not in ("pallas", "sort"):
+    raise ValueError(f"merge: {merge!r} is not 'pallas' or 'sort'")
+  if dot_precision is None:
+    return precision
+  if dot_precision not in DOT_PRECISIONS:
+    raise ValueError(f"dot_precision: {dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
+  return DOT_PRECISIONS[dot_precision]
+
+
 def _block_scores(users, slab, inside, precision, items_major: bool):
   """[T, block] canonical scores of users [T, d] x slab [block, d], -inf outside."""
   contract = (((1,), (1,)), ((), ()))
@@ -55,7 +69,7 @@ def _grid_kernel(start_ref, size_ref, users_ref, slot_ref, items_ref, scores_ref
   column = block * block_items + jax.lax.broadcasted_iota(jnp.int32, (block_items,), 0)
   inside = column < size_ref[tile]  # [block]
   rows = items_ref.at[pl.ds(start + block * block_items, block_items), :]
-  slab = plgpu.load(rows, mask=inside[:, None], other=0.0)  # [block, d]
+  slab = plgpu.load(rows, mask=inside[:, None], other=0.0).astype(jnp.float32)  # [block, d]
   scores = _block_scores(users_ref[...], slab, inside, precision, items_major)  # [T, block]
   used = jnp.broadcast_to((slot_ref[...] > 0)[:, None], scores.shape)
   plgpu.store(scores_ref, scores, mask=used)
@@ -73,7 +87,7 @@ def _loop_kernel(start_ref, size_ref, users_ref, slot_ref, items_ref, scores_ref
     first = block * block_items
     inside = first + jax.lax.broadcasted_iota(jnp.int32, (block_items,), 0) < size
     slab = plgpu.load(items_ref.at[pl.ds(start + first, block_items), :],
-                      mask=inside[:, None], other=0.0)  # [block, d]
+                      mask=inside[:, None], other=0.0).astype(jnp.float32)  # [block, d]
     scores = _block_scores(users, slab, inside, precision, items_major)  # [T, block]
     plgpu.store(scores_ref.at[tile, :, pl.ds(first, block_items)], scores, mask=used)
     return carry
@@ -94,7 +108,8 @@ def score_tiles(tile_start: jax.Array, tile_size: jax.Array, tile_users: jax.Arr
     tile_users: [tiles, T, d] user vectors (T >= 16 and d powers of two).
     slot_used: [tiles, T] int32, 1 where the slot holds a user; other rows of
       the output are left unwritten.
-    laid_items: [N + width, d] items in layout order, then zero rows.
+    laid_items: [N + width, d] items in layout order, then zero rows; float32, or
+      bfloat16 (a 2-byte table, widened to float32 in the kernel).
     width: slab width, a multiple of `block_items`.
     schedule: "grid" or "loop" (see the module docstring).
     num_stages: software-pipelining depth of the "loop" schedule.

@@ -20,6 +20,7 @@ back with their old value).
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,36 @@ def _select_kernel(rows_ref, scores_ref, out_scores_ref, out_columns_ref, *, k: 
     scores.append(value)
     keys.append(order_key(value))
 
+  winners = select_winners(keys, k, search=search)
+  out_row = block * rows_per_block + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  for c, (chosen, slot) in enumerate(winners):  # traced chunk by chunk
+    spare = (num_out_rows * k + (out_row - block * rows_per_block) * (num_chunks * chunk)
+             + columns[c])
+    target = jnp.where(chosen, out_row * k + slot, spare)
+    plgpu.store(out_scores_ref.at[target], scores[c], mask=chosen)
+    plgpu.store(out_columns_ref.at[target], columns[c], mask=chosen)
+
+
+def select_winners(keys: list[jax.Array], k: int, search: str = "interval"
+                   ) -> Iterator[tuple[jax.Array, jax.Array]]:
+  """Inside a kernel: the exact top k of rows held as register chunks of order keys.
+
+  Args:
+    keys: per chunk an [R, chunk] int32 `order_key` image of the scores; a row
+      is the concatenation of its chunks (every column counts, -inf included).
+    k: winners per row, at most the row width.
+    search: "interval" (early exit) or "bits" (always 32 passes).
+
+  Yields:
+    per chunk, in order, (chosen [R, chunk] bool, slot [R, chunk] int32):
+    whether the column is among the row's k best by (score desc, column asc),
+    and its rank among the row's winners in column order (0..k-1). A generator,
+    so the caller's stores for a chunk are traced before the next chunk's work
+    (as few values live at once as in a hand-written loop).
+  """
+  num_rows = keys[0].shape[0]
+  width = sum(key.shape[1] for key in keys)
+
   def count_at_least(threshold):  # [R] -> [R]
     wanted = threshold[:, None]
     total = (keys[0] >= wanted).astype(jnp.int32)
@@ -102,31 +133,26 @@ def _select_kernel(rows_ref, scores_ref, out_scores_ref, out_columns_ref, *, k: 
     return jnp.sum(total, axis=1)
 
   if search == "bits":
-    threshold = _threshold_by_bits(count_at_least, rows_per_block, k)
+    threshold = _threshold_by_bits(count_at_least, num_rows, k)
   else:
     lowest, highest = keys[0], keys[0]
     for key in keys[1:]:
       lowest, highest = jnp.minimum(lowest, key), jnp.maximum(highest, key)
     # Scores are finite, so max + 1 does not overflow.
     threshold = _threshold_by_interval(count_at_least, jnp.min(lowest, axis=1),
-                                       jnp.max(highest, axis=1) + 1, num_chunks * chunk, k)
+                                       jnp.max(highest, axis=1) + 1, width, k)
 
   wanted = threshold[:, None]
   above = [(key > wanted).astype(jnp.int32) for key in keys]
   room = k - sum(jnp.sum(a, axis=1) for a in above)  # [R] ties that still fit
-  out_row = block * rows_per_block + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-  ties_before = jnp.zeros((rows_per_block,), jnp.int32)
-  chosen_before = jnp.zeros((rows_per_block,), jnp.int32)
-  for c in range(num_chunks):
-    ties = (keys[c] == wanted).astype(jnp.int32)
+  ties_before = jnp.zeros((num_rows,), jnp.int32)
+  chosen_before = jnp.zeros((num_rows,), jnp.int32)
+  for c, key in enumerate(keys):
+    ties = (key == wanted).astype(jnp.int32)
     tie_rank = jnp.cumsum(ties, axis=1) + ties_before[:, None]  # 1-based, column order
     chosen = (above[c] > 0) | ((ties > 0) & (tie_rank <= room[:, None]))
     slot = jnp.cumsum(chosen.astype(jnp.int32), axis=1) - 1 + chosen_before[:, None]
-    spare = (num_out_rows * k + (out_row - block * rows_per_block) * (num_chunks * chunk)
-             + columns[c])
-    target = jnp.where(chosen, out_row * k + slot, spare)
-    plgpu.store(out_scores_ref.at[target], scores[c], mask=chosen)
-    plgpu.store(out_columns_ref.at[target], columns[c], mask=chosen)
+    yield chosen, slot
     ties_before += jnp.sum(ties, axis=1)
     chosen_before += jnp.sum(chosen.astype(jnp.int32), axis=1)
 

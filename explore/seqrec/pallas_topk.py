@@ -52,17 +52,10 @@ def pallas_top_k(user_vectors: jax.Array, laid_items: jax.Array, order: jax.Arra
   "pallas" (rank-sort kernel) or "sort" (XLA sort); `dot_precision` (a key of
   DOT_PRECISIONS) overrides `precision` for the score kernel.
   """
-  if dot_precision is not None:
-    if dot_precision not in DOT_PRECISIONS:
-      raise ValueError(f"dot_precision: {dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
-    precision = DOT_PRECISIONS[dot_precision]
-  if merge not in ("pallas", "sort"):
-    raise ValueError(f"merge: {merge!r} is not 'pallas' or 'sort'")
+  precision = pallas_score.resolve_precision(precision, dot_precision, merge)
   num_items = positions.shape[0]
-  groups = contiguous_retrieval.group_pairs(chosen_clusters, offsets.shape[0] - 1,
-                                            users_per_tile)
-  tile_start, tile_size = contiguous_retrieval.tile_bounds(offsets, groups.tile_cluster,
-                                                           num_items)
+  groups, tile_start, tile_size = contiguous_retrieval.plan_tiles(
+      chosen_clusters, offsets, num_items, users_per_tile)
   users = user_vectors[jnp.maximum(groups.tile_user, 0)]  # [tiles, T, d]
   scores = pallas_score.score_tiles(
       tile_start, tile_size, users, (groups.tile_user >= 0).astype(jnp.int32), laid_items,

@@ -22,6 +22,12 @@ Implementations (`implementation=`):
   merge (`dense_retrieval.sharded_top_k`).
 * "pallas": "contiguous" with GPU kernels for scoring and selection
   (`pallas_topk`); `interpret=True` runs them in the Pallas interpreter.
+* "pallas_fused": one Pallas kernel per tile scores its slab and selects each
+  pair's top k without writing the scores out (`pallas_fused`).
+
+`table_dtype="bfloat16"` rounds the item table to bfloat16 first (scores are
+those of the rounded table, accumulated in float32); the Pallas paths then
+store it in 2 bytes per value (`laid_table`).
 
 All implementations return the same ids and scores whenever the float32 dot
 products do not depend on the summation order (e.g. integer-valued vectors
@@ -43,10 +49,12 @@ import numpy as np
 
 from explore.seqrec import contiguous_retrieval
 from explore.seqrec import dense_retrieval
+from explore.seqrec import laid_table
 from explore.seqrec import topk_ops
 from explore.seqrec.cluster_layout import ClusterLayout, RetrievalInputError
 
-IMPLEMENTATIONS = ("dense", "contiguous", "sharded", "pallas")
+IMPLEMENTATIONS = ("dense", "contiguous", "sharded", "pallas", "pallas_fused")
+PALLAS_IMPLEMENTATIONS = ("pallas", "pallas_fused")
 
 
 def _is_traced(x) -> bool:
@@ -83,6 +91,20 @@ def _padded(array: jax.Array, rows: int, value) -> jax.Array:
   return jnp.pad(array, pad, constant_values=value)
 
 
+def _search_batch(user_vectors, arrays, chosen_clusters, seen_items, *, search, dim: int,
+                  k: int):
+  """One batch, conversions included, so that a call is a single jitted dispatch."""
+  users = jnp.asarray(user_vectors, jnp.float32)  # [B, d]
+  if users.shape[1] < dim:  # the Pallas paths pad d to a power of two
+    users = jnp.pad(users, ((0, 0), (0, dim - users.shape[1])))
+  chosen = jnp.asarray(chosen_clusters).astype(jnp.int32)  # [B, c]
+  if seen_items is None:
+    seen = jnp.full((users.shape[0], 0), -1, jnp.int32)
+  else:
+    seen = jnp.asarray(seen_items).astype(jnp.int32)  # [B, S]
+  return search(users, *arrays, chosen, seen, k=k)
+
+
 @gin.configurable
 class RestrictedRetriever:
   """An item table prepared once (layout, permutation, sharding) for restricted top-k.
@@ -95,7 +117,8 @@ class RestrictedRetriever:
   def __init__(self, item_table, clusters, *, implementation: str = "contiguous",
                num_clusters: int | None = None, users_per_tile: int = 16,
                precision: str = "highest", mesh: Mesh | None = None, item_axis: str = "model",
-               pallas_options: dict[str, Any] | None = None, interpret: bool = False):
+               pallas_options: dict[str, Any] | None = None, interpret: bool = False,
+               table_dtype: str = "float32"):
     """Prepares `item_table` for one implementation.
 
     Args:
@@ -107,9 +130,12 @@ class RestrictedRetriever:
       precision: matmul precision, "highest" (float32) by default.
       mesh: "sharded" only; defaults to all devices on one axis named `item_axis`.
       item_axis: the mesh axis that splits the items.
-      pallas_options: "pallas" only; keyword arguments of
-        `pallas_topk.pallas_top_k` (kernel schedule, block sizes, warps).
-      interpret: "pallas" only; run the kernels in the Pallas interpreter (CPU).
+      pallas_options: "pallas"/"pallas_fused" only; keyword arguments of
+        `pallas_topk.pallas_top_k` / `pallas_fused.fused_top_k` (kernel
+        schedule, block sizes, warps).
+      interpret: Pallas paths only; run the kernels in the Pallas interpreter (CPU).
+      table_dtype: "float32", or "bfloat16" to round the item table (see the
+        module docstring); the Pallas paths then store 2 bytes per value.
     """
     if implementation not in IMPLEMENTATIONS:
       raise RetrievalInputError(
@@ -119,6 +145,7 @@ class RestrictedRetriever:
           f"precision: {precision!r} is not one of {', '.join(topk_ops.PRECISIONS)}")
     if users_per_tile < 1:
       raise RetrievalInputError(f"users_per_tile: must be >= 1, got {users_per_tile}")
+    laid_table.check_table_dtype(table_dtype)
     _check_matrix("item_table", item_table, integer=False)
     num_items, dim = np.shape(item_table)
     if num_items == 0 or dim == 0:
@@ -138,7 +165,7 @@ class RestrictedRetriever:
     self.implementation = implementation
     self.dim = dim
     self._precision = topk_ops.PRECISIONS[precision]
-    items = jnp.asarray(item_table, jnp.float32)  # [N, d]
+    items = laid_table.rounded_table(item_table, table_dtype)  # [N, d]
     static = {"precision": self._precision}
 
     if implementation == "dense":
@@ -161,41 +188,46 @@ class RestrictedRetriever:
       static.update(mesh=mesh, item_axis=item_axis)
     else:
       options = dict(pallas_options or {})
-      if implementation == "pallas":
+      pallas = implementation in PALLAS_IMPLEMENTATIONS
+      if pallas:
         self._check_pallas(users_per_tile, interpret)
         width_multiple = options.setdefault("block_items", 128)
         # TF32x3 is near-float32 and exact on small integers; the interpreter lacks it.
         options.setdefault("dot_precision", "highest" if interpret else "tf32x3")
-        padded_dim = max(16, 1 << (dim - 1).bit_length())
-        items = jnp.pad(items, ((0, 0), (0, padded_dim - dim)))
       elif options or interpret:
-        raise RetrievalInputError("pallas_options/interpret: only for implementation='pallas'")
+        raise RetrievalInputError(
+            "pallas_options/interpret: only for implementation='pallas' or 'pallas_fused'")
       else:
         width_multiple = 8
-      width = layout.slab_width(width_multiple)
-      order = jnp.asarray(layout.order)
-      self._arrays = (
-          _padded(items[order], width, 0.0),  # [N + W, d]
-          _padded(order, width, topk_ops.NO_ITEM),  # [N + W]
-          jnp.asarray(layout.positions), jnp.asarray(layout.offsets))
+      laid, width = laid_table.lay_out_table(
+          items, layout, width_multiple=width_multiple, pad_dimension=pallas,
+          table_dtype=table_dtype, store_rounded=pallas)
+      self._arrays = tuple(laid)  # items [N + W, d'], order [N + W], positions, offsets
       static.update(slab_width=width, users_per_tile=users_per_tile)
       if implementation == "pallas":
         from explore.seqrec import pallas_topk  # pylint: disable=g-import-not-at-top
         fn = pallas_topk.pallas_top_k
         static.update(interpret=interpret, **options)
+      elif implementation == "pallas_fused":
+        from explore.seqrec import pallas_fused  # pylint: disable=g-import-not-at-top
+        fn = pallas_fused.fused_top_k
+        static.update(interpret=interpret, **options)
       else:
         fn = contiguous_retrieval.contiguous_top_k
-    self._search = jax.jit(functools.partial(fn, **static), static_argnames=("k",))
+    self._search = jax.jit(
+        functools.partial(_search_batch, search=functools.partial(fn, **static),
+                          dim=self._arrays[0].shape[1]),
+        static_argnames=("k",))
 
   @staticmethod
   def _check_pallas(users_per_tile: int, interpret: bool) -> None:
     if users_per_tile < 16 or users_per_tile & (users_per_tile - 1):
       raise RetrievalInputError(
-          f"users_per_tile: implementation='pallas' needs a power of two >= 16, "
+          f"users_per_tile: the Pallas implementations need a power of two >= 16, "
           f"got {users_per_tile}")
     if not interpret and jax.default_backend() != "gpu":
       raise RetrievalInputError(
-          f"implementation: 'pallas' runs Triton kernels on a GPU, but the JAX backend is "
+          f"implementation: the Pallas paths run Triton kernels on a GPU, but the JAX backend is "
           f"{jax.default_backend()!r}; use 'contiguous', or interpret=True for a slow check")
 
   def top_k(self, user_vectors, chosen_clusters, k: int, seen_items=None, *,
@@ -218,15 +250,8 @@ class RestrictedRetriever:
       raise RetrievalInputError(f"k: must be an integer >= 1, got {k!r}")
     if validate:
       self._validate(user_vectors, chosen_clusters, seen_items)
-    users = jnp.asarray(user_vectors, jnp.float32)
-    if users.shape[1] != self._arrays[0].shape[1]:  # "pallas" pads d
-      users = jnp.pad(users, ((0, 0), (0, self._arrays[0].shape[1] - users.shape[1])))
-    chosen = jnp.asarray(chosen_clusters, jnp.int32)
-    if seen_items is None:
-      seen = jnp.full((users.shape[0], 0), -1, jnp.int32)
-    else:
-      seen = jnp.asarray(seen_items, jnp.int32)
-    return self._search(users, *self._arrays, chosen, seen, k=int(k))
+    # One jitted dispatch per call: conversions and padding happen inside it.
+    return self._search(user_vectors, self._arrays, chosen_clusters, seen_items, k=int(k))
 
   def _validate(self, user_vectors, chosen_clusters, seen_items) -> None:
     _check_matrix("user_vectors", user_vectors, integer=False)
@@ -262,7 +287,7 @@ def restricted_top_k(user_vectors, item_table, chosen_clusters, clusters, k: int
     clusters: [N] cluster id of every item, or a prebuilt `ClusterLayout`.
     k: results per user.
     seen_items: optional [B, S] item ids to exclude, -1 padding.
-    implementation: "dense", "contiguous", "sharded" or "pallas".
+    implementation: one of IMPLEMENTATIONS.
     **retriever_options: passed to `RestrictedRetriever`.
 
   Returns:

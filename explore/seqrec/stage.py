@@ -1,34 +1,75 @@
 """The `seqrec` stage: train the transformer sequence recommender, rank, report.
 
-Reads the `data` stage's interactions and writes into the stage folder:
+Reads the `data` stage's interactions and the `clusters` stage's item -> cluster
+map at the exploration level, and writes into the stage folder:
   model/            the trainer's model_dir (orbax checkpoints, model-info.txt,
                     train/ TensorBoard scalars and metrics.jsonl)
   best_checkpoint/  a copy of the checkpoint with the best validation NDCG@10
   validation.jsonl  HR@k / NDCG@k (validation and test) after every round of epochs
   vectors/          `SeqRecVectors` of the best round (item and user vectors, for retrieval)
   metrics.json      the model at its best validation round and the most-popular
-                    baseline (HR@k / NDCG@k, validation and test), seconds per epoch
+                    baseline (HR@k / NDCG@k, validation and test), seconds per epoch,
+                    and "grounding": the best model's retrieval restricted to the
+                    test item's cluster (`grounding.py`)
+With `SeqRecStageOptions.cluster_embeddings` the model also embeds each input
+item's cluster (the clusters stage's count fills `SeqRecConfig.num_clusters`).
 The folder of an interrupted run is kept (same config) and training resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 from absl import logging
+import gin
+import numpy as np
 
 from explore import artifacts
 from explore import stages
+from explore.clusters import stage as clusters_stage
 from explore.data import stage as data_stage
 from explore.seqrec import data as data_lib
+from explore.seqrec import grounding as grounding_lib
 from explore.seqrec import training as training_lib
-from explore.seqrec.model import SeqRecConfig
+from explore.seqrec.model import SeqRecConfig, SeqRecModel, build_model
+from explore.seqrec.retrieval import IMPLEMENTATIONS
 from explore.seqrec.task import SoftmaxConfig
 from explore.seqrec.vectors import SeqRecVectors
 
 METRICS = "metrics.json"
 VECTORS = training_lib.VECTORS
+
+
+class SeqRecStageError(ValueError):
+  """Stage settings that contradict each other or the clusters stage."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SeqRecStageOptions:
+  """What the stage feeds the model and how it measures grounding (gin: `SeqRecStageOptions.x`).
+
+  cluster_embeddings: add a learned embedding of each input item's cluster at the
+    exploration level; the number of clusters comes from the clusters stage.
+  grounding_k: the cutoff of the grounding evaluation.
+  grounding_implementation: the `RestrictedRetriever` implementation it uses.
+  """
+
+  cluster_embeddings: bool = False
+  grounding_k: int = 10
+  grounding_implementation: str = "contiguous"
+
+  def __post_init__(self):
+    if not isinstance(self.grounding_k, int) or self.grounding_k < 1:
+      raise SeqRecStageError(
+          f"SeqRecStageOptions.grounding_k={self.grounding_k!r} must be a positive integer")
+    if self.grounding_implementation not in IMPLEMENTATIONS:
+      raise SeqRecStageError(
+          f"SeqRecStageOptions.grounding_implementation={self.grounding_implementation!r} "
+          f"is not one of {', '.join(IMPLEMENTATIONS)}")
 
 
 def load_vectors(stage_path: Path) -> SeqRecVectors:
@@ -45,25 +86,138 @@ def _default_mesh():
   return partitioning.create_mesh(partitioning.MeshConfig())
 
 
-@stages.register_stage("seqrec", deps=("data",),
-                       configurables=("SeqRecConfig", "SoftmaxConfig", "SeqRecTraining"))
+def model_config(num_items: int, num_clusters: int, options: SeqRecStageOptions) -> SeqRecConfig:
+  """`SeqRecConfig` from gin with the catalog size and, if enabled, the cluster count filled."""
+  config = SeqRecConfig(num_items=num_items)
+  if options.cluster_embeddings:
+    if config.num_clusters not in (0, num_clusters):
+      raise SeqRecStageError(
+          f"SeqRecConfig.num_clusters = {config.num_clusters} but the clusters stage has "
+          f"{num_clusters} clusters at its exploration level; leave num_clusters unset "
+          "(SeqRecStageOptions.cluster_embeddings fills it)")
+    return dataclasses.replace(config, num_clusters=num_clusters)
+  if config.num_clusters:
+    raise SeqRecStageError(
+        f"SeqRecConfig.num_clusters = {config.num_clusters} is set, but the stage feeds "
+        "clusters only with SeqRecStageOptions.cluster_embeddings = True (which also fills "
+        "the count from the clusters stage); set that instead")
+  return config
+
+
+def token_clusters(item_to_cluster: np.ndarray) -> np.ndarray:
+  """[num_items + 1] model cluster id per token: cluster + 1, 0 for the padding token."""
+  return np.concatenate([[0], np.asarray(item_to_cluster, np.int64) + 1]).astype(np.int32)
+
+
+def restore_best_model(config: SeqRecConfig, stage_path: Path, step: int,
+                       seed: int = 0) -> SeqRecModel:
+  """The model of `best_checkpoint/checkpoint_<step>` (weights only, on one device)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from explore.train import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
+  from explore.train import train_step as step_lib  # pylint: disable=g-import-not-at-top
+  graphdef, params, extras = step_lib.split_model(build_model(config, seed))
+  folder = Path(stage_path) / training_lib.BEST_CHECKPOINT
+  target = step_lib.TrainState(params=params, extras=extras, opt_state=None, step=None)
+  checkpoints = checkpoints_lib.TrainCheckpoints(folder, keep=None, async_save=False)
+  try:
+    restored, _, _ = checkpoints.restore(target, folder / f"checkpoint_{step}",
+                                         weights_only=True)
+  finally:
+    checkpoints.close()
+  return nnx.merge(graphdef, restored["params"], restored.get("extras", extras))
+
+
+def test_user_vectors(model: SeqRecModel, split: data_lib.LeaveLastOutSplit,
+                      item_tokens_clusters: np.ndarray | None, batch_size: int = 256
+                      ) -> np.ndarray:
+  """[E, D] each evaluated user's vector after the test history (training + validation items).
+
+  The stage's saved user vectors read the whole log, test item included, so
+  they would leak the target; grounding uses these instead.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  inputs = data_lib.ranking_examples(split, "test", model.config.max_len).inputs  # [E, L]
+  graphdef, state = nnx.split(model)
+  clusters = (None if item_tokens_clusters is None
+              else jnp.asarray(item_tokens_clusters, jnp.int32))
+
+  @jax.jit
+  def encode(state, tokens):
+    input_clusters = None if clusters is None else clusters[tokens]
+    return nnx.merge(graphdef, state).user_vectors(tokens, input_clusters)  # [B, D]
+
+  out = []
+  for begin in range(0, len(inputs), batch_size):
+    rows = np.arange(begin, min(begin + batch_size, len(inputs)))
+    padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # static shape
+    out.append(np.asarray(encode(state, jnp.asarray(inputs[padded])))[:len(rows)])
+  return np.concatenate(out).astype(np.float32)
+
+
+def evaluate_grounding(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig,
+                       stage_path: Path, best_step: int, item_to_cluster: np.ndarray,
+                       options: SeqRecStageOptions, seed: int = 0) -> dict[str, Any]:
+  """Grounding metrics (`grounding.grounding_metrics`) of the best validation checkpoint."""
+  model = restore_best_model(config, stage_path, best_step, seed)
+  vectors = load_vectors(stage_path)
+  if vectors.meta.get("step") != best_step:
+    raise SeqRecStageError(f"{stage_path / VECTORS} holds the vectors of step "
+                           f"{vectors.meta.get('step')}, not of the best step {best_step}")
+  tokens = token_clusters(item_to_cluster) if config.num_clusters else None
+  cases = grounding_lib.grounding_cases(split, item_to_cluster)
+  counts = split.target_counts()[1:]  # [num_items] training interactions per item
+  return grounding_lib.grounding_metrics(
+      test_user_vectors(model, split, tokens), vectors.item_vectors, item_to_cluster, cases,
+      counts, options.grounding_k, options.grounding_implementation)
+
+
+def _log_grounding(grounding: dict[str, Any]) -> None:
+  k = grounding["k"]
+  for part in ("all", "novel"):
+    row = grounding[part]
+    cells = ", ".join(f"{name} {m[f'hr@{k}']:.4f} / {m[f'ndcg@{k}']:.4f}"
+                      for name, m in row.items() if isinstance(m, dict))
+    logging.info("seqrec grounding (%s test users, %d): HR@%d / NDCG@%d: %s", part,
+                 row["users"], k, k, cells or "no users")
+
+
+@stages.register_stage("seqrec", deps=("data", "clusters"),
+                       configurables=("SeqRecConfig", "SoftmaxConfig", "SeqRecTraining",
+                                      "SeqRecStageOptions"))
 def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
-  """Trains the SASRec-style recommender; HR@10 / NDCG@10 against most-popular."""
+  """Trains the SASRec-style recommender; HR@10 / NDCG@10 against most-popular; grounding."""
   interactions = data_stage.load_interactions(ctx.input_path("data"))
+  clusters = clusters_stage.load_exploration_clusters(ctx.input_path("clusters"))
+  if clusters.item_to_cluster.shape != (interactions.num_items,):
+    raise SeqRecStageError(
+        f"{ctx.input_path('clusters')}: the clusters cover {len(clusters.item_to_cluster)} "
+        f"items, the interactions have {interactions.num_items}; rerun the clusters stage")
   split = data_lib.leave_last_out(data_lib.user_sequences(interactions))
-  config = SeqRecConfig(num_items=interactions.num_items)
+  options = SeqRecStageOptions()
+  config = model_config(interactions.num_items, clusters.num_clusters, options)
   training = training_lib.SeqRecTraining()
   softmax = SoftmaxConfig()
-  logging.info("seqrec: %d users (%d evaluated: >= %d items), %d items, %s softmax",
-               split.sequences.num_users, len(split.eval_users), data_lib.MIN_EVAL_LENGTH,
-               config.num_items, softmax.kind)
-  result = training_lib.fit(split, config, ctx.path, ctx.mesh if ctx.mesh is not None else _default_mesh(), training,
-                            softmax, seed=ctx.seed)
+  logging.info("seqrec: %d users (%d evaluated: >= %d items), %d items, %s softmax, "
+               "cluster embeddings: %s", split.sequences.num_users, len(split.eval_users),
+               data_lib.MIN_EVAL_LENGTH, config.num_items, softmax.kind,
+               f"{config.num_clusters} clusters" if config.num_clusters else "off")
+  result = training_lib.fit(
+      split, config, ctx.path, ctx.mesh if ctx.mesh is not None else _default_mesh(), training,
+      softmax, seed=ctx.seed,
+      item_clusters=clusters.item_to_cluster if config.num_clusters else None)
   best = result.best
+  start = time.perf_counter()
+  grounding = evaluate_grounding(split, config, ctx.path, best["step"],
+                                 clusters.item_to_cluster, options, ctx.seed)
+  grounding.update(level=clusters.level, clusters=clusters.num_clusters,
+                   seconds=round(time.perf_counter() - start, 3))
   losses = [r["train_loss"] for r in result.rounds if r.get("train_loss") is not None]
   metrics = {
       "model": {"val": best["val"], "test": best["test"]},
       "most_popular": result.baseline,
+      "grounding": grounding,
       "best_epoch": best["epoch"],
       "best_step": best["step"],
       "epochs_trained": result.rounds[-1]["epoch"],
@@ -76,6 +230,7 @@ def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "users": split.sequences.num_users,
       "evaluated_users": int(len(split.eval_users)),
       "items": config.num_items,
+      "cluster_embeddings": config.num_clusters,
       "softmax": softmax.kind,
   }
   artifacts.atomic_write_json(ctx.path / METRICS, metrics)
@@ -83,6 +238,7 @@ def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
   logging.info("seqrec: best epoch %d; test HR@%s %.4f NDCG@%s %.4f (most popular %.4f / %.4f)",
                best["epoch"], k, best["test"][f"hr@{k}"], k, best["test"][f"ndcg@{k}"],
                result.baseline["test"][f"hr@{k}"], result.baseline["test"][f"ndcg@{k}"])
+  _log_grounding(grounding)
   return {key: metrics[key] for key in (
-      "model", "most_popular", "best_epoch", "epochs_trained", "seconds_per_epoch",
+      "model", "most_popular", "grounding", "best_epoch", "epochs_trained", "seconds_per_epoch",
       "stopped_reason", "evaluated_users")}

@@ -15,7 +15,8 @@ from explore.train.optimizer import make_optimizer
 from explore.train.task import TrainTask
 from explore.train.tfevents import EventFileWriter
 from explore.train.train_step import TrainState
+from explore.train.train_step import TrainableFilterError
 from explore.train.trainer import Trainer
-from explore.train.trainer import TrainerConfig
-from explore.train.trainer import TrainerConfigError
-from explore.train.trainer import TrainResult
+from explore.train.trainer_config import TrainerConfig
+from explore.train.trainer_config import TrainerConfigError
+from explore.train.trainer_config import TrainResult

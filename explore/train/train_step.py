@@ -1,10 +1,13 @@
 """The pure, jit-able train and eval steps over a `TrainState` pytree.
 
-A model is kept as (graphdef, params, extras): `params` are the `nnx.Param`
-variables that the optimizer updates, `extras` every other variable (RNG
-streams, batch statistics) that the forward pass may advance. Each step is a
-pure function of (state, batch), so `jax.jit` can shard it from logical-axis
-rules and donate the old state.
+A model is kept as (graphdef, params, frozen, extras): `params` are the
+trainable `nnx.Param` variables that the optimizer updates (all of them by
+default; e.g. only the `nnx.LoRAParam` adapters for LoRA), `frozen` the other
+`nnx.Param`s (read, never differentiated or updated), and `extras` every
+other variable (RNG streams, batch statistics) that the forward pass may
+advance. Each step is a pure function of (state, frozen, batch), so `jax.jit`
+can shard it from logical-axis rules and donate the old state; the frozen
+weights are an input only (neither donated nor returned).
 
 Gradient accumulation splits the global batch into `grad_accum_steps`
 microbatches and runs them in a `jax.lax.scan`. Microbatch `a` takes examples
@@ -28,6 +31,7 @@ from explore.train import task as task_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+Filter = Any  # an nnx filter: a Variable type, nnx.All(...), a predicate, ...
 
 
 @struct.dataclass
@@ -40,20 +44,48 @@ class TrainState:
   step: jax.Array  # int32 scalar: updates applied so far
 
 
+class TrainableFilterError(ValueError):
+  """A trainable-parameter filter selects no parameter, or variables that are not parameters."""
+
+
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """(graphdef, params, extras) of a module."""
+  """(graphdef, params, extras) of a module: every nnx.Param, then the rest.
+
+  This is also the checkpoint layout, whatever the trainable filter.
+  """
   return nnx.split(model, nnx.Param, ...)
 
 
-def _forward(graphdef: nnx.GraphDef, task: task_lib.TrainTask, train: bool):
-  """loss(params, extras, batch) -> (loss, (metrics, new extras))."""
+def split_trainable(model: nnx.Module, trainable: Filter = nnx.Param
+                    ) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
+  """(graphdef, params, frozen, extras): trainable Params, the other Params, the rest."""
+  return nnx.split(model, trainable, nnx.Param, ...)
 
-  def loss_fn(params: nnx.State, extras: nnx.State, batch: Batch):
+
+def check_trainable(model: nnx.Module, trainable: Filter) -> None:
+  """Raises TrainableFilterError unless `trainable` selects some and only nnx.Param variables."""
+  selected = nnx.state(model, trainable)
+  flat = nnx.to_flat_state(selected)
+  if not len(flat):
+    raise TrainableFilterError(
+        f"trainable={trainable!r} selects no parameter of {type(model).__name__} (e.g. LoRA"
+        " adapters asked for while lora_rank = 0)")
+  others = ["/".join(map(str, path)) for path, v in flat if not isinstance(v, nnx.Param)]
+  if others:
+    raise TrainableFilterError(
+        f"trainable={trainable!r} selects variables that are not nnx.Param: {others[:5]}")
+
+
+def _forward(graphdef: nnx.GraphDef, task: task_lib.TrainTask, train: bool,
+             trainable: Filter = nnx.Param):
+  """loss(params, frozen, extras, batch) -> (loss, (metrics, new extras))."""
+
+  def loss_fn(params: nnx.State, frozen: nnx.State, extras: nnx.State, batch: Batch):
     # copy=True: fresh Variables owned by this trace (e.g. inside jax.grad), so
     # the forward pass may advance RNG counters.
-    model = nnx.merge(graphdef, params, extras, copy=True)
+    model = nnx.merge(graphdef, params, frozen, extras, copy=True)
     loss, metrics = task.loss(model, batch, train=train)
-    _, _, new_extras = split_model(model)
+    new_extras = split_trainable(model, trainable)[3]
     return loss, (dict(metrics), new_extras)
 
   return loss_fn
@@ -72,8 +104,12 @@ def _microbatches(batch: Batch, num: int,
 
 def make_train_step(graphdef: nnx.GraphDef, task: task_lib.TrainTask,
                     tx: optax.GradientTransformation, grad_accum_steps: int = 1,
-                    constrain_microbatch: Callable[[str, jax.Array], jax.Array] | None = None):
-  """Returns step(state, batch, first_nonfinite) -> (state, metrics, first_nonfinite).
+                    constrain_microbatch: Callable[[str, jax.Array], jax.Array] | None = None,
+                    trainable: Filter = nnx.Param):
+  """Returns step(state, frozen, batch, first_nonfinite) -> (state, metrics, first_nonfinite).
+
+  `state.params` are the `trainable` parameters; `frozen` the other ones
+  (gradients are taken with respect to `state.params` only).
 
   `metrics` holds the task's metric sums over the whole batch plus `loss` (the
   batch's mean loss) and `grad_norm` (before clipping). `first_nonfinite` is an
@@ -81,19 +117,19 @@ def make_train_step(graphdef: nnx.GraphDef, task: task_lib.TrainTask,
   number of that step (state.step after it); it is carried through every step so
   the host can check it whenever it likes without a sync per step.
   """
-  loss_fn = _forward(graphdef, task, train=True)
+  loss_fn = _forward(graphdef, task, train=True, trainable=trainable)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   constrain = constrain_microbatch or (lambda name, x: x)
 
-  def accumulate(params, extras, batch):
+  def accumulate(params, frozen, extras, batch):
     micro = _microbatches(batch, grad_accum_steps, constrain)
     first = jax.tree.map(lambda x: x[0], micro)
-    (_, (metric_shapes, _)) = jax.eval_shape(loss_fn, params, extras, first)
+    (_, (metric_shapes, _)) = jax.eval_shape(loss_fn, params, frozen, extras, first)
     weighted = task_lib.WEIGHT in metric_shapes
 
     def body(carry, microbatch):
       grads_sum, loss_sum, weight_sum, metrics_sum, extras = carry
-      (loss, (metrics, extras)), grads = grad_fn(params, extras, microbatch)
+      (loss, (metrics, extras)), grads = grad_fn(params, frozen, extras, microbatch)
       w = metrics[task_lib.WEIGHT].astype(jnp.float32) if weighted else jnp.float32(1.0)
       grads_sum = jax.tree.map(lambda s, g: s + w * g, grads_sum, grads)
       metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
@@ -107,11 +143,12 @@ def make_train_step(graphdef: nnx.GraphDef, task: task_lib.TrainTask,
     grads = jax.tree.map(lambda g: g * scale, grads)
     return loss * scale, metrics, grads, extras
 
-  def train_step(state: TrainState, batch: Batch, first_nonfinite: jax.Array):
+  def train_step(state: TrainState, frozen: nnx.State, batch: Batch,
+                 first_nonfinite: jax.Array):
     if grad_accum_steps == 1:
-      (loss, (metrics, extras)), grads = grad_fn(state.params, state.extras, batch)
+      (loss, (metrics, extras)), grads = grad_fn(state.params, frozen, state.extras, batch)
     else:
-      loss, metrics, grads, extras = accumulate(state.params, state.extras, batch)
+      loss, metrics, grads, extras = accumulate(state.params, frozen, state.extras, batch)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -125,22 +162,25 @@ def make_train_step(graphdef: nnx.GraphDef, task: task_lib.TrainTask,
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, task: task_lib.TrainTask):
+def make_eval_step(graphdef: nnx.GraphDef, task: task_lib.TrainTask,
+                   trainable: Filter = nnx.Param):
   """Returns (eval_step, zero_metrics) for the task run with train=False.
 
-  eval_step(params, extras, batch, sums) -> sums + this batch's metrics (and
-  `loss`); `zero_metrics(params, extras, batch)` gives the starting sums.
-  Summing on device avoids a host transfer per batch.
+  eval_step(params, frozen, extras, batch, sums) -> sums + this batch's metrics
+  (and `loss`); `zero_metrics(params, frozen, extras, batch)` gives the
+  starting sums. Summing on device avoids a host transfer per batch.
   """
-  loss_fn = _forward(graphdef, task, train=False)
+  loss_fn = _forward(graphdef, task, train=False, trainable=trainable)
 
-  def eval_step(params: nnx.State, extras: nnx.State, batch: Batch, sums: Metrics) -> Metrics:
-    loss, (metrics, _) = loss_fn(params, extras, batch)
+  def eval_step(params: nnx.State, frozen: nnx.State, extras: nnx.State, batch: Batch,
+                sums: Metrics) -> Metrics:
+    loss, (metrics, _) = loss_fn(params, frozen, extras, batch)
     metrics = {**metrics, "loss": loss.astype(jnp.float32)}
     return jax.tree.map(jnp.add, sums, metrics)
 
-  def zero_metrics(params: nnx.State, extras: nnx.State, batch: Batch) -> Metrics:
-    loss, (metrics, _) = jax.eval_shape(loss_fn, params, extras, batch)
+  def zero_metrics(params: nnx.State, frozen: nnx.State, extras: nnx.State,
+                   batch: Batch) -> Metrics:
+    loss, (metrics, _) = jax.eval_shape(loss_fn, params, frozen, extras, batch)
     shapes = {**metrics, "loss": jax.ShapeDtypeStruct((), jnp.float32)}
     return {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
 

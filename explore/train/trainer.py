@@ -9,10 +9,18 @@ step `config.train_steps`:
     `initial_checkpoint_path` (weights only with `restore_weights_only`), else a
     fresh initialisation; a run already at `train_steps` returns "already_done";
   * each step is one `jax.jit` call with in/out shardings from the logical axis
-    rules that donates the previous state (see `train_step`);
+    rules that donates the previous state (see `train_step`), lowered and run
+    under `jax.set_mesh(mesh)` so the model's activation sharding constraints
+    (`explore.llm.layers.constrain`) take effect;
+  * `trainable` (an nnx filter, default every `nnx.Param`) picks the parameters
+    the optimizer updates; the other parameters are frozen (e.g. the base of a
+    LoRA model). Checkpoints hold every parameter whatever the filter, so an
+    initial checkpoint made without adapters restores the frozen base of a LoRA
+    model (weights only) while the adapters start fresh;
   * every `log_every` steps: a log line, `train/` TensorBoard scalars and
     `metrics.jsonl`; every `eval_every` steps: `evaluate` into `training_eval/`;
-    every `checkpoint_every` steps and at the end: an asynchronous checkpoint;
+    every `checkpoint_every` steps and at the end (unless `checkpoint_at_end` is
+    False, e.g. for benchmarks): an asynchronous checkpoint;
   * a non-finite loss or gradient (tracked on device every step, checked on the
     host at every log, eval and checkpoint step) stops the run before anything
     is saved, so the last good checkpoint stays the latest.
@@ -20,14 +28,12 @@ step `config.train_steps`:
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 import time
 from typing import Any, Callable, Iterable, Mapping
 
 from absl import logging
 from flax import nnx
-import gin
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
@@ -43,65 +49,13 @@ from explore.train.batches import TrainingDataError
 from explore.train.data import ResumableIterator
 from explore.train.optimizer import make_optimizer
 from explore.train.task import TrainTask
+from explore.train.trainer_config import TrainerConfig
+from explore.train.trainer_config import TrainerConfigError
+from explore.train.trainer_config import TrainResult
 
 MODEL_INFO_FILE = "model-info.txt"
 TRAIN_DIR = "train"
 EVAL_DIR = "training_eval"
-
-
-class TrainerConfigError(ValueError):
-  """A TrainerConfig value, or its fit to the mesh, is invalid."""
-
-
-@gin.configurable
-@dataclasses.dataclass
-class TrainerConfig:
-  """Trainer settings (gin: `TrainerConfig.train_steps = %TRAIN_STEPS`)."""
-
-  train_steps: int = gin.REQUIRED  # absolute step to train to (T5X TRAIN_STEPS)
-  batch_size: int = gin.REQUIRED  # global batch size (examples)
-  grad_accum_steps: int = 1  # microbatches per step (batch_size divisible by it)
-  eval_every: int = 500  # steps; 0 disables
-  eval_batches: int | None = None  # None = the whole eval iterator
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  log_every: int = 50
-  initial_checkpoint_path: str | None = None  # used when model_dir has no checkpoint
-  restore_weights_only: bool = False  # new optimizer state (fine-tuning); logged
-  peak_flops_per_device: float | None = None  # None = look up by device kind
-  seed: int = 0  # for the caller's model_fn and data order; recorded, not used here
-  measured_peak_flops_per_device: float | None = None  # measured matmul peak: `mfu_measured`
-  async_checkpointing: bool = True
-
-  def validate(self) -> None:
-    def positive_int(name: str, allow_zero: bool = False) -> None:
-      value = getattr(self, name)
-      low = 0 if allow_zero else 1
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise TrainerConfigError(f"TrainerConfig.{name}={value!r} must be an integer >= {low}")
-
-    for name in ("train_steps", "batch_size", "grad_accum_steps", "checkpoint_every",
-                 "keep_checkpoints", "log_every"):
-      positive_int(name)
-    positive_int("eval_every", allow_zero=True)
-    if self.eval_batches is not None:
-      positive_int("eval_batches")
-    if self.batch_size % self.grad_accum_steps:
-      raise TrainerConfigError(
-          f"TrainerConfig.batch_size={self.batch_size} is not divisible by"
-          f" grad_accum_steps={self.grad_accum_steps}")
-    for name in ("peak_flops_per_device", "measured_peak_flops_per_device"):
-      value = getattr(self, name)
-      if value is not None and not value > 0:
-        raise TrainerConfigError(f"TrainerConfig.{name}={value!r} must be > 0 or None")
-
-
-@dataclasses.dataclass
-class TrainResult:
-  step: int
-  history: list[dict]  # the logged metrics per log step
-  final_eval: dict | None
-  stopped_reason: str  # "done" | "already_done" | "nan"
 
 
 class Trainer:
@@ -110,7 +64,7 @@ class Trainer:
   def __init__(self, task: TrainTask, model_fn: Callable[[], nnx.Module],
                model_dir: str | Path, mesh: jax.sharding.Mesh,
                config: TrainerConfig | None = None, rules=None,
-               optimizer: tuple | None = None):
+               optimizer: tuple | None = None, trainable: step_lib.Filter = nnx.Param):
     self.task = task
     self.config = TrainerConfig() if config is None else config
     self.config.validate()
@@ -132,16 +86,23 @@ class Trainer:
     self.tx, self.schedule = (make_optimizer(total_steps=self.config.train_steps)
                               if optimizer is None else optimizer)
     model = partitioning.create_sharded_module(model_fn, mesh, self.rules)
-    self.graphdef, params, extras = step_lib.split_model(model)
+    step_lib.check_trainable(model, trainable)
+    self.trainable = trainable
+    self.graphdef, params, frozen, extras = step_lib.split_trainable(model, trainable)
     params_sh = partitioning.state_shardings(mesh, params, self.rules)
+    frozen_sh = partitioning.state_shardings(mesh, frozen, self.rules)
     extras_sh = partitioning.state_shardings(mesh, extras, self.rules)
     opt_sh = partitioning.state_shardings(mesh, jax.eval_shape(self.tx.init, params), self.rules)
     self.state_shardings = step_lib.TrainState(params=params_sh, extras=extras_sh,
                                                opt_state=opt_sh, step=self._replicated)
+    self.frozen_shardings = frozen_sh
     self._init_opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)
     self._state = step_lib.TrainState(
         params=params, extras=extras, opt_state=self._init_opt_state(params),
         step=jax.device_put(jnp.zeros((), jnp.int32), self._replicated))
+    self._frozen = frozen  # parameters read by every step, never updated
+    self.num_trainable_params = step_lib.param_count(params)
+    self.num_params = self.num_trainable_params + step_lib.param_count(frozen)
     self.checkpoints = checkpoints_lib.TrainCheckpoints(
         self.model_dir, keep=self.config.keep_checkpoints,
         async_save=self.config.async_checkpointing)
@@ -151,15 +112,19 @@ class Trainer:
 
     step_fn = step_lib.make_train_step(self.graphdef, task, self.tx,
                                        self.config.grad_accum_steps,
-                                       self.batches.microbatch_constraint)
+                                       self.batches.microbatch_constraint, trainable)
+    # The frozen parameters are an input only: not donated, not returned.
     self._train_step = jax.jit(
-        step_fn, in_shardings=(self.state_shardings, self.batches.shardings, self._replicated),
+        step_fn,
+        in_shardings=(self.state_shardings, frozen_sh, self.batches.shardings,
+                      self._replicated),
         out_shardings=(self.state_shardings, self._replicated, self._replicated),
-        donate_argnums=(0, 2))
-    eval_fn, self._zero_metrics = step_lib.make_eval_step(self.graphdef, task)
+        donate_argnums=(0, 3))
+    eval_fn, self._zero_metrics = step_lib.make_eval_step(self.graphdef, task, trainable)
     self._eval_step = jax.jit(
-        eval_fn, in_shardings=(params_sh, extras_sh, self.batches.shardings, self._replicated),
-        out_shardings=self._replicated, donate_argnums=(3,))
+        eval_fn, in_shardings=(params_sh, frozen_sh, extras_sh, self.batches.shardings,
+                               self._replicated),
+        out_shardings=self._replicated, donate_argnums=(4,))
 
   # ---------------------------------------------------------------------------
   # State
@@ -167,7 +132,18 @@ class Trainer:
   @property
   def model(self) -> nnx.Module:
     """The model with the current (trained or restored) state."""
-    return nnx.merge(self.graphdef, self._state.params, self._state.extras)
+    return nnx.merge(self.graphdef, self._state.params, self._frozen, self._state.extras)
+
+  @property
+  def frozen_params(self) -> nnx.State:
+    """The parameters the `trainable` filter leaves out (empty by default)."""
+    return self._frozen
+
+  def _checkpoint_state(self) -> step_lib.TrainState:
+    """The state in the checkpoint layout: every nnx.Param in `params` (`split_model`)."""
+    _, params, extras = step_lib.split_model(self.model)
+    return step_lib.TrainState(params=params, extras=extras, opt_state=self._state.opt_state,
+                               step=self._state.step)
 
   @property
   def step(self) -> int:
@@ -196,19 +172,24 @@ class Trainer:
   def _load_checkpoint(self) -> None:
     cfg = self.config
     if self.checkpoints.latest_step() is not None:
-      restored, step, data_state = self.checkpoints.restore(self._state)
+      restored, step, data_state = self.checkpoints.restore(self._checkpoint_state())
       self._state = self._replace(restored, step)
       self._pending_data_state = data_state or None
       what = " and data position" if data_state else " (no data position saved)"
       self._log(f"resumed from {self.model_dir}/checkpoint_{step}: params, optimizer state"
                 f" and step{what}")
     elif cfg.initial_checkpoint_path:
-      restored, step, _ = self.checkpoints.restore(
-          self._state, path=cfg.initial_checkpoint_path, weights_only=cfg.restore_weights_only)
+      restored, step, fresh_trainable = self._restore_initial()
       if cfg.restore_weights_only:
         self._state = self._replace(restored, 0)
-        self._log(f"restored params from {cfg.initial_checkpoint_path} step {step};"
-                  " optimizer state freshly initialised")
+        if fresh_trainable:
+          self._log(f"restored the {self.num_params - self.num_trainable_params} frozen params"
+                    f" from {cfg.initial_checkpoint_path} step {step}; the"
+                    f" {self.num_trainable_params} trainable params (not in that checkpoint,"
+                    " e.g. LoRA adapters) and the optimizer state freshly initialised")
+        else:
+          self._log(f"restored params from {cfg.initial_checkpoint_path} step {step};"
+                    " optimizer state freshly initialised")
       else:
         self._state = self._replace(restored, step)
         self._log(f"restored params and optimizer state from {cfg.initial_checkpoint_path}"
@@ -217,9 +198,46 @@ class Trainer:
       self._log(f"no checkpoint in {self.model_dir} and no initial_checkpoint_path:"
                 " training from a fresh initialisation")
 
+  def _restore_initial(self) -> tuple[dict[str, Any], int, bool]:
+    """Reads `initial_checkpoint_path`: (restored items, step, trainable params left fresh).
+
+    A weights-only restore into a model with frozen parameters falls back to
+    the frozen ones alone when the checkpoint lacks the trainable ones (an
+    imported model fine-tuned with new LoRA adapters).
+    """
+    cfg = self.config
+    path, weights_only = cfg.initial_checkpoint_path, cfg.restore_weights_only
+    try:
+      restored, step, _ = self.checkpoints.restore(self._checkpoint_state(), path=path,
+                                                   weights_only=weights_only)
+      return restored, step, False
+    except checkpoints_lib.CheckpointError as every_param_error:
+      if not (weights_only and jax.tree.leaves(self._frozen)):
+        raise
+      frozen_only = step_lib.TrainState(params=self._frozen, extras=self._state.extras,
+                                        opt_state=self._state.opt_state, step=self._state.step)
+      try:
+        restored, step, _ = self.checkpoints.restore(frozen_only, path=path, weights_only=True)
+      except checkpoints_lib.CheckpointError as e:
+        raise checkpoints_lib.CheckpointError(
+            f"{e}\n(restoring every parameter, trainable ones included, failed too:"
+            f" {every_param_error})") from e
+      return restored, step, True
+
   def _replace(self, restored: Mapping[str, Any], step: int) -> step_lib.TrainState:
+    """The train state with restored parameters (all, or the frozen ones) and items.
+
+    Restored parameters come in the checkpoint layout; they are written into the
+    model and split again by `trainable`, so the state keeps its exact structure.
+    """
+    model = nnx.merge(self.graphdef, self._state.params, self._frozen, self._state.extras,
+                      copy=True)
+    nnx.update(model, restored["params"])
+    if "extras" in restored:
+      nnx.update(model, restored["extras"])
+    _, params, self._frozen, extras = step_lib.split_trainable(model, self.trainable)
     return step_lib.TrainState(
-        params=restored["params"], extras=restored.get("extras", self._state.extras),
+        params=params, extras=extras,
         opt_state=restored.get("opt_state", self._state.opt_state),
         step=jax.device_put(jnp.asarray(step, jnp.int32), self._replicated))
 
@@ -236,9 +254,13 @@ class Trainer:
                 " nothing to train")
       return TrainResult(step=step, history=[], final_eval=None, stopped_reason="already_done")
     if self._is_chief:
-      model_info.write_model_info(self.model_dir / MODEL_INFO_FILE, self.mesh, [
-          ("params", self._state.params, self.state_shardings.params),
-          ("extras", self._state.extras, self.state_shardings.extras)])
+      groups = [("params", self._state.params, self.state_shardings.params)]
+      if jax.tree.leaves(self._frozen):
+        groups.append(("frozen_params", self._frozen, self.frozen_shardings))
+      groups.append(("extras", self._state.extras, self.state_shardings.extras))
+      model_info.write_model_info(self.model_dir / MODEL_INFO_FILE, self.mesh, groups)
+    self._log(f"trainable parameters: {self.num_trainable_params} of {self.num_params}"
+              f" ({100.0 * self.num_trainable_params / max(self.num_params, 1):.3g}%)")
     train_writer = metrics_lib.MetricWriter(self.model_dir / TRAIN_DIR, self._is_chief)
     eval_writer = None
     history: list[dict] = []
@@ -258,13 +280,14 @@ class Trainer:
       while step < cfg.train_steps:
         if batch is None:
           batch = self.batches.place(next(train_data), cfg.batch_size, "train data")
-        self._state, step_metrics, nonfinite = compiled(self._state, batch, nonfinite)
+        self._state, step_metrics, nonfinite = compiled(self._state, self._frozen, batch,
+                                                        nonfinite)
         batch = None
         step += 1
         window.append(step_metrics)
         last = step == cfg.train_steps
         log_now = step % cfg.log_every == 0 or last
-        save_now = step % cfg.checkpoint_every == 0 or last
+        save_now = step % cfg.checkpoint_every == 0 or (last and cfg.checkpoint_at_end)
         eval_now = (eval_data_fn is not None and cfg.eval_every > 0
                     and (step % cfg.eval_every == 0 or last))
         if not (log_now or save_now or eval_now):
@@ -289,7 +312,7 @@ class Trainer:
         pause_start = time.perf_counter()
         if save_now:
           data_state = train_data.get_state() if hasattr(train_data, "get_state") else None
-          self.checkpoints.save(self._state, data_state)
+          self.checkpoints.save(self._checkpoint_state(), data_state)
         if eval_now:
           final_eval = self.evaluate(eval_data_fn())
           if eval_writer is None:
@@ -311,12 +334,22 @@ class Trainer:
     layout = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
     if self._compiled is None or self._compiled[0] != layout:
       start = time.perf_counter()
-      compiled = self._train_step.lower(self._state, batch, nonfinite).compile()
+      lowered = self.lower_train_step(batch, nonfinite)
+      with jax.set_mesh(self.mesh):
+        compiled = lowered.compile()
       seconds = time.perf_counter() - start
       self._log(f"compiled the train step in {seconds:.2f} s")
       writer.write(step, {"timing/compilation_seconds": seconds})
       self._compiled = (layout, compiled)
     return self._compiled[1]
+
+  def lower_train_step(self, batch: dict[str, jax.Array],
+                       nonfinite: jax.Array | None = None) -> jax.stages.Lowered:
+    """The train step lowered for a placed batch under the mesh (e.g. to read its HLO)."""
+    if nonfinite is None:
+      nonfinite = jax.device_put(jnp.int32(-1), self._replicated)
+    with jax.set_mesh(self.mesh):
+      return self._train_step.lower(self._state, self._frozen, batch, nonfinite)
 
   def _window_record(self, step: int, window: list[dict], seconds: float,
                      tokens_per_example: float | None, flops: float | None,
@@ -340,15 +373,17 @@ class Trainer:
     Batches may differ in size (each must split over the data-parallel size);
     padding examples carry weight 0 in the task's sums.
     """
-    params, extras = self._state.params, self._state.extras
+    params, frozen, extras = self._state.params, self._frozen, self._state.extras
     sums, num = None, 0
     for batch in eval_batches:
       if self.config.eval_batches is not None and num >= self.config.eval_batches:
         break
       batch = self.batches.place(batch, None, "eval data")
-      if sums is None:
-        sums = jax.device_put(self._zero_metrics(params, extras, batch), self._replicated)
-      sums = self._eval_step(params, extras, batch, sums)
+      with jax.set_mesh(self.mesh):  # traced here on first use: constraints need the mesh
+        if sums is None:
+          sums = jax.device_put(self._zero_metrics(params, frozen, extras, batch),
+                                self._replicated)
+        sums = self._eval_step(params, frozen, extras, batch, sums)
       num += 1
     if sums is None:
       raise TrainingDataError("eval data yielded no batches")
