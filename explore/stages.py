@@ -45,6 +45,10 @@ class Stage:
   deps: tuple[str, ...] = ()
   configurables: tuple[str, ...] = ()
   doc: str = ""
+  # () -> {name: fingerprint} of inputs from outside the run directory (e.g. a
+  # pretrained checkpoint folder), read under the current gin config; a changed
+  # fingerprint rebuilds the stage like a remade input stage.
+  external_inputs: Callable[[], Mapping[str, str]] | None = None
 
 
 @dataclasses.dataclass
@@ -67,14 +71,16 @@ _REGISTRY: dict[str, Stage] = {}
 RESERVED_NAMES = ("run", "status", "recommend")
 
 
-def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = ()):
-  """Decorator registering a stage function under `name`."""
+def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = (),
+                   external_inputs: Callable[[], Mapping[str, str]] | None = None):
+  """Decorator registering a stage function under `name` (see `Stage` for the fields)."""
   if name in RESERVED_NAMES:
     raise StageError(f"{name!r} is a CLI command and cannot name a stage")
 
   def decorator(fn):
     _REGISTRY[name] = Stage(name=name, run=fn, deps=tuple(deps),
-                            configurables=tuple(configurables), doc=(fn.__doc__ or "").strip())
+                            configurables=tuple(configurables), doc=(fn.__doc__ or "").strip(),
+                            external_inputs=external_inputs)
     return fn
 
   return decorator
@@ -147,6 +153,18 @@ def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
   return "skip"
 
 
+EXTERNAL_PREFIX = "external:"
+
+
+def _stage_inputs(stage: Stage, run_dir: rundir_lib.RunDir) -> dict[str, str]:
+  """Fingerprints of what a stage reads: its input stages and its external inputs."""
+  inputs = {dep: run_dir.manifest(dep).fingerprint for dep in stage.deps}
+  if stage.external_inputs is not None:
+    for name, value in stage.external_inputs().items():
+      inputs[EXTERNAL_PREFIX + name] = str(value)
+  return inputs
+
+
 def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, mesh: Any = None,
                force: bool = False) -> list[tuple[str, str]]:
   """Runs `targets` after whatever they depend on that is not up to date.
@@ -159,7 +177,7 @@ def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, me
   configs = {s.name: stage_config(s, seed) for s in order}
   done: list[tuple[str, str]] = []
   for stage in order:
-    inputs = {dep: run_dir.manifest(dep).fingerprint for dep in stage.deps}
+    inputs = _stage_inputs(stage, run_dir)
     action = _decide(stage, run_dir, configs[stage.name], inputs, force and stage.name in targets)
     if action == "skip":
       logging.info("stage %s: up to date, skipped", stage.name)

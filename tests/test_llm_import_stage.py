@@ -190,6 +190,23 @@ def test_full_fine_tune_starts_from_the_imported_weights_with_their_tokenizer(ru
   assert metrics["train_loss_last"] < metrics["train_loss_first"]
   hits = [metrics["planners"]["llm"]["all"][f"hit@{k}"] for k in (1, 5, 10)]
   assert 0 <= hits[0] <= hits[1] <= hits[2] <= 1
+  # The folder's contents are a stage input: unchanged, the stage is skipped; new
+  # weights at the same path make it stale (rebuilt on the next run).
+  fingerprint = pretrained.checkpoint_fingerprint(checkpoint)["hash"]
+  manifest = rundir.RunDir(run_dir).manifest("llm")
+  assert manifest.inputs["external:pretrained_checkpoint"] == fingerprint
+  assert dict(stages.run_stages(["llm"], rundir.RunDir(run_dir), seed=0))["llm"] == "skip"
+  weights = checkpoint / "model.safetensors"
+  os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+  llm = stages.registered_stages()["llm"]
+  assert stages._stage_inputs(llm, rundir.RunDir(run_dir)) != manifest.inputs
+
+
+def test_a_missing_pretrained_folder_is_named_before_any_work(run):
+  run_dir, checkpoint, _, _ = run
+  _parse(run_dir, checkpoint.parent / "no-such-folder")
+  with pytest.raises(llm_stage.LlmStageError, match="pretrained_checkpoint=.*no-such-folder"):
+    stages.run_stages(["llm"], rundir.RunDir(run_dir), seed=0)
 
 
 def test_lora_fine_tune_trains_only_the_adapters(run):

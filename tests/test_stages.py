@@ -85,6 +85,25 @@ def test_unknown_stage_and_cycle_are_errors():
     stages.unregister_stage("toy_cycle_b")
 
 
+def test_changed_external_input_rebuilds_the_stage(tmp_path):
+  source = tmp_path / "outside.txt"
+  source.write_text("v1")
+  runs = []
+  stages.register_stage("toy_external", external_inputs=lambda: {"outside": source.read_text()})(
+      lambda ctx: runs.append(source.read_text()))
+  try:
+    run_dir = tmp_path / "run"
+    assert _run(run_dir, ["toy_external"]) == [("toy_external", "run")]
+    assert _run(run_dir, ["toy_external"]) == [("toy_external", "skip")]
+    source.write_text("v2")
+    assert _run(run_dir, ["toy_external"]) == [("toy_external", "rebuild")]
+    assert runs == ["v1", "v2"]
+    manifest = rundir.RunDir(run_dir).manifest("toy_external")
+    assert manifest.inputs == {"external:outside": "v2"}
+  finally:
+    stages.unregister_stage("toy_external")
+
+
 def test_status_table_reports_states_and_staleness(tmp_path):
   _run(tmp_path, ["toy_alpha"])
   gin.parse_config("toy_alpha_values.size = 7")

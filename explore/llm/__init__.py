@@ -5,6 +5,8 @@ from explore.llm.checkpoint_import import ImportedCheckpoint
 from explore.llm.checkpoint_import import decoder_config_from_hf
 from explore.llm.checkpoint_import import import_hf_checkpoint
 from explore.llm.checkpoint_import import write_initial_checkpoint
+from explore.llm.checkpoint_tokenizer import HfTokenizer
+from explore.llm.checkpoint_tokenizer import load_checkpoint_tokenizer
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import DecoderBlock
 from explore.llm.decoder import KVCache
@@ -16,6 +18,8 @@ from explore.llm.decoder_config import DecoderConfigError
 from explore.llm.decoder_task import DecoderTask
 from explore.llm.decoder_task import DecoderTaskError
 from explore.llm.decoder_task import token_cross_entropy
+from explore.llm.lora import merge_lora
+from explore.llm.lora import trainable_filter
 from explore.llm.safetensors_reader import SafetensorsError
 from explore.llm.safetensors_reader import SafetensorsReader
 from explore.llm.features import FeatureError
@@ -23,6 +27,7 @@ from explore.llm.features import candidate_targets
 from explore.llm.features import novel_interest_arrays
 from explore.llm.features import pair_repeats
 from explore.llm.features import prefix_lm_examples
+from explore.llm.tokenizer import TextTokenizer
 from explore.llm.tokenizer import Tokenizer
 from explore.llm.tokenizer import TokenizerError
 from explore.llm.tokenizer import check_descriptions_tokenize_uniquely

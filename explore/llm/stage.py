@@ -167,10 +167,25 @@ class _Clock:
                           "cpu": round(time.process_time() - self._cpu, 2)}
 
 
+def pretrained_inputs() -> dict[str, str]:
+  """The pretrained checkpoint folder's content fingerprint, when the stage starts from one.
+
+  Part of the stage's inputs, so new weights or a new tokenizer at the same
+  path rebuild a completed stage.
+  """
+  path = LlmStageOptions().pretrained_checkpoint
+  if not path:
+    return {}
+  if not Path(path).is_dir():
+    raise LlmStageError(f"LlmStageOptions.pretrained_checkpoint={path!r} is not a folder")
+  return {"pretrained_checkpoint": pretrained_lib.checkpoint_fingerprint(path)["hash"]}
+
+
 @stages.register_stage(
     "llm", deps=("clusters", "transitions"),
     configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
-                   "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"))
+                   "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"),
+    external_inputs=pretrained_inputs)
 def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   """Trains, or fine-tunes from a pretrained checkpoint, the decoder; hit@k vs the baselines."""
   options = LlmStageOptions()

@@ -20,6 +20,8 @@ from explore.seqrec.data import leave_last_out
 from explore.seqrec.data import user_sequences
 from explore.seqrec.evaluation import ranking_metrics
 from explore.seqrec.evaluation import target_ranks
+from explore.seqrec.grounding import grounding_cases
+from explore.seqrec.grounding import grounding_metrics
 from explore.seqrec.model import SeqRecConfig
 from explore.seqrec.model import SeqRecModel
 from explore.seqrec.model import build_model
@@ -31,6 +33,7 @@ from explore.seqrec.vectors import SeqRecVectors
 
 __all__ += [
     "SeqRecConfig", "SeqRecModel", "SeqRecTask", "SeqRecTraining", "SeqRecVectors",
-    "SoftmaxConfig", "build_model", "encode_histories", "fit", "leave_last_out",
+    "SoftmaxConfig", "build_model", "encode_histories", "fit", "grounding_cases",
+    "grounding_metrics", "leave_last_out",
     "ranking_metrics", "target_ranks", "user_sequences",
 ]
