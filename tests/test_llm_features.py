@@ -191,3 +191,20 @@ def test_numpy_path_does_not_import_tensorflow_or_seqio():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=pathlib.Path(__file__).resolve().parents[1])
   assert result.stdout.strip() == "[]"
+
+
+def test_with_bos_starts_every_packed_example_with_the_given_id():
+  base = features.prefix_lm_examples([[5, 1], [6, 7, 1], [8, 1]], [[9, 1], [3, 1], [4, 1]],
+                                     max_length=8, pack=True)
+  out = features.with_bos(base, 1)
+  starts = (base["decoder_positions"] == 0) & (base["decoder_segment_ids"] > 0)
+  assert starts.sum() == 3
+  assert np.all(out["decoder_input_tokens"][starts] == 1)
+  np.testing.assert_array_equal(out["decoder_input_tokens"][~starts],
+                                base["decoder_input_tokens"][~starts])
+  assert np.all(base["decoder_input_tokens"][starts] == features.BOS_ID)  # input unchanged
+  for name in base:
+    if name != "decoder_input_tokens":
+      assert out[name] is base[name]
+  with pytest.raises(FeatureError, match="bos_id=-1"):
+    features.with_bos(base, -1)

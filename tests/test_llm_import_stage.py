@@ -172,6 +172,7 @@ def test_full_fine_tune_starts_from_the_imported_weights_with_their_tokenizer(ru
   assert tokenizer.model_path == stage / "tokenizer" / "tokenizer.model"
   assert (tokenizer.eos_id, tokenizer.pad_id) == (2, -1)
   assert metrics["vocab_size"] == tokenizer.vocab_size == config.vocab_size
+  assert metrics["bos_id"] == 1  # config.json's bos_token_id starts every example
   assert metrics["pretrained"]["tokenizer"] == "tokenizer.model"
   assert metrics["pretrained"]["fingerprint"] == pretrained.checkpoint_fingerprint(
       checkpoint)["hash"]

@@ -28,13 +28,13 @@ PROMPTS = [[5, 6, 7, 1], [8, 1], [9, 9, 9, 9, 9, 1]]
 CANDIDATES = [[3, 4, 1], [5, 1], [10, 11, 12, 13, 1]]
 
 
-def direct_log_likelihoods(model, prompts, candidates):
+def direct_log_likelihoods(model, prompts, candidates, bos_id=0):
   """[n, M] log P(candidate | prompt) from full teacher-forced passes, one row per pair."""
   pairs = [(p, c) for p in prompts for c in candidates]
   length = max(len(p) + len(c) for p, c in pairs)
   inputs = np.zeros((len(pairs), length), np.int32)  # right padding: causal rows unaffected
   for row, (p, c) in enumerate(pairs):
-    inputs[row, :len(p) + len(c)] = [0] + (p + c)[:-1]
+    inputs[row, :len(p) + len(c)] = [bos_id] + (p + c)[:-1]
   logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(inputs))))  # [pairs, L, V]
   out = [sum(logp[row, len(p) + j, t] for j, t in enumerate(c))
          for row, (p, c) in enumerate(pairs)]
@@ -46,6 +46,14 @@ def test_scores_equal_per_candidate_log_likelihood():
   scores = scoring.score_prompts(model, PROMPTS, CANDIDATES, prompts_per_chunk=2)
   expected = direct_log_likelihoods(model, PROMPTS, CANDIDATES)
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_scores_start_from_the_given_bos_id():
+  model = build_decoder(DecoderConfig(vocab_size=20), seed=0)
+  scores = scoring.score_prompts(model, PROMPTS, CANDIDATES, bos_id=7)
+  np.testing.assert_allclose(scores, direct_log_likelihoods(model, PROMPTS, CANDIDATES, 7),
+                             rtol=1e-5, atol=1e-4)
+  assert not np.allclose(scores, scoring.score_prompts(model, PROMPTS, CANDIDATES), atol=1e-3)
 
 
 def test_length_normalized_scores_are_per_token_means():

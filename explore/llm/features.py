@@ -163,6 +163,21 @@ def prefix_lm_examples(
   }
 
 
+def with_bos(features: dict[str, np.ndarray], bos_id: int) -> dict[str, np.ndarray]:
+  """`features` with `bos_id` as the first decoder input of every example.
+
+  seqio starts each example with 0; a pretrained checkpoint was trained with
+  its own BOS token (e.g. Llama's 1), which the `llm` stage puts there when
+  it fine-tunes one. Returns a copy; other arrays are shared.
+  """
+  if not isinstance(bos_id, (int, np.integer)) or bos_id < 0:
+    raise FeatureError(f"with_bos: bos_id={bos_id!r} must be a non-negative integer")
+  inputs = features["decoder_input_tokens"].copy()  # [rows, length]
+  first = (features["decoder_positions"] == 0) & (features["decoder_segment_ids"] > 0)
+  inputs[first] = bos_id
+  return {**features, "decoder_input_tokens": inputs}
+
+
 def pair_repeats(count: np.ndarray, weight: np.ndarray, weighting: str) -> np.ndarray:
   """[m] int64: how many times each task-source pair is used as an example.
 

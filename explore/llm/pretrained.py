@@ -147,6 +147,20 @@ class PretrainedStart:
   config: DecoderConfig
   tokenizer: tokenizer_lib.TextTokenizer  # read from the stage folder's copy
   fingerprint: dict[str, Any]
+  bos_id: int | None = None  # config.json's bos_token_id: the first decoder input
+
+
+def _bos_token_id(hf_config: Mapping[str, Any], vocab_size: int, where: Path) -> int | None:
+  """config.json's `bos_token_id` (the first of a list), None where it has none."""
+  value = hf_config.get("bos_token_id")
+  if isinstance(value, list):
+    value = value[0] if value else None
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+    raise CheckpointImportError(f"{where}: bos_token_id={value!r} is not a token id in "
+                                f"[0, {vocab_size})")
+  return value
 
 
 def prepare_pretrained(checkpoint_dir: str | os.PathLike, configured: DecoderConfig,
@@ -164,8 +178,8 @@ def prepare_pretrained(checkpoint_dir: str | os.PathLike, configured: DecoderCon
         f"LlmStageOptions.pretrained_checkpoint={str(checkpoint_dir)!r} is not a folder (a "
         "Hugging Face checkpoint folder with config.json, *.safetensors and a tokenizer)")
   where = directory / checkpoint_import.CONFIG_FILE
-  checkpoint = checkpoint_import.decoder_config_from_hf(
-      checkpoint_import.read_hf_config(directory), where=str(where))
+  hf_config = checkpoint_import.read_hf_config(directory)
+  checkpoint = checkpoint_import.decoder_config_from_hf(hf_config, where=str(where))
   config = merge_decoder_config(checkpoint, configured, bound, where)
   tokenizer = checkpoint_tokenizer.load_checkpoint_tokenizer(directory)
   if tokenizer.vocab_size > config.vocab_size:
@@ -178,7 +192,8 @@ def prepare_pretrained(checkpoint_dir: str | os.PathLike, configured: DecoderCon
                directory, config.family, config.num_params(), copy.name, tokenizer.vocab_size,
                tokenizer.eos_id)
   return PretrainedStart(directory=directory, config=config, tokenizer=tokenizer,
-                         fingerprint=checkpoint_fingerprint(directory))
+                         fingerprint=checkpoint_fingerprint(directory),
+                         bos_id=_bos_token_id(hf_config, config.vocab_size, where))
 
 
 def write_initial_checkpoint_once(start: PretrainedStart, initial_dir: str | os.PathLike,

@@ -53,12 +53,12 @@ def pad_token_lists(token_lists: Sequence[Sequence[int]], name: str
 
 def _score_chunk(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array,
                  candidates: jax.Array, candidate_lengths: jax.Array,
-                 length_normalize: bool) -> jax.Array:
+                 length_normalize: bool, bos_id: int = features.BOS_ID) -> jax.Array:
   """[b, M] log P(candidate + EOS | prompt) for a chunk of prompts (see `CandidateScorer`)."""
   b, p = prompts.shape
   m, t = candidates.shape
-  # Decoder inputs are the targets shifted right: BOS (0), then prompt + EOS.
-  inputs = jnp.concatenate([jnp.full((b, 1), features.BOS_ID, prompts.dtype), prompts], 1)
+  # Decoder inputs are the targets shifted right: BOS, then prompt + EOS.
+  inputs = jnp.concatenate([jnp.full((b, 1), bos_id, prompts.dtype), prompts], 1)
   real = jnp.arange(p + 1)[None, :] <= prompt_lengths[:, None]  # [b, P + 1]
   cache = model.init_cache(b, p + t, dtype=jnp.float32)
   positions = jnp.broadcast_to(jnp.arange(p + 1), (b, p + 1))
@@ -94,10 +94,12 @@ class CandidateScorer:
     length_normalize: mean instead of summed token log-likelihood.
     prompts_per_chunk: prompts scored per call (None: about 2048 candidate rows);
       rounded up to a multiple of the mesh's data-parallel size.
+    bos_id: the first decoder input (seqio's 0, or a pretrained model's BOS).
   """
 
   def __init__(self, model: Decoder, candidates: np.ndarray, candidate_lengths: np.ndarray,
-               length_normalize: bool = False, prompts_per_chunk: int | None = None):
+               length_normalize: bool = False, prompts_per_chunk: int | None = None,
+               bos_id: int = features.BOS_ID):
     candidates = np.asarray(candidates, np.int32)
     candidate_lengths = np.asarray(candidate_lengths, np.int32)
     if candidates.ndim != 2 or candidate_lengths.shape != (candidates.shape[0],):
@@ -129,7 +131,7 @@ class CandidateScorer:
 
     def score(state, prompts, prompt_lengths, cands, cand_lengths):
       return _score_chunk(nnx.merge(graphdef, state), prompts, prompt_lengths, cands,
-                          cand_lengths, length_normalize)
+                          cand_lengths, length_normalize, int(bos_id))
 
     self._score = jax.jit(score, **jit_kwargs)
 
@@ -177,9 +179,11 @@ def _batch_shards(sharding: jax.sharding.NamedSharding) -> int:
 
 def score_prompts(model: Decoder, prompt_tokens: Sequence[Sequence[int]],
                   candidate_tokens: Sequence[Sequence[int]], length_normalize: bool = False,
-                  prompts_per_chunk: int | None = None) -> np.ndarray:
+                  prompts_per_chunk: int | None = None,
+                  bos_id: int = features.BOS_ID) -> np.ndarray:
   """[n, M] log-likelihood of each candidate (ids incl. EOS) after each prompt (ids incl. EOS)."""
   prompts, prompt_lengths = pad_token_lists(prompt_tokens, "score_prompts: prompts")
   candidates, lengths = pad_token_lists(candidate_tokens, "score_prompts: candidates")
-  scorer = CandidateScorer(model, candidates, lengths, length_normalize, prompts_per_chunk)
+  scorer = CandidateScorer(model, candidates, lengths, length_normalize, prompts_per_chunk,
+                           bos_id)
   return scorer(prompts, prompt_lengths)

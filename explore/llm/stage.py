@@ -118,7 +118,8 @@ def eval_examples(transitions: NovelTransitions, max_examples: int | None, seed:
 
 
 def llm_scores(model, tokenizer: tokenizer_lib.TextTokenizer, descriptions: list[str],
-               history: np.ndarray, options: LlmStageOptions) -> np.ndarray:
+               history: np.ndarray, options: LlmStageOptions,
+               bos_id: int = features.BOS_ID) -> np.ndarray:
   """[n, M] the decoder's score of every cluster after each history's prompt.
 
   Scores depend only on the history tuple, so each distinct tuple is scored once.
@@ -128,7 +129,7 @@ def llm_scores(model, tokenizer: tokenizer_lib.TextTokenizer, descriptions: list
   prompt_ids = tokenizer.encode_batch(prompts, add_eos=True)
   candidate_ids = tokenizer.encode_batch(descriptions, add_eos=True)
   scores = scoring.score_prompts(model, prompt_ids, candidate_ids, options.length_normalize,
-                                 options.prompts_per_chunk)  # [u, M]
+                                 options.prompts_per_chunk, bos_id)  # [u, M]
   return scores[inverse.reshape(-1)]
 
 
@@ -230,6 +231,10 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
                                     allow_padding=start is not None)
   arrays = features.novel_interest_arrays(
       transitions_path / transitions_stage.TASK_SOURCE / "train.tsv", tokenizer)
+  # Examples start with seqio's 0, or with a pretrained model's own BOS token.
+  bos_id = start.bos_id if start is not None and start.bos_id is not None else features.BOS_ID
+  if bos_id != features.BOS_ID:
+    arrays = features.with_bos(arrays, bos_id)
   length = arrays[decoder_task.TARGETS].shape[1]
   task = dataclasses.replace(task, config=config, sequence_length=length, packed=True)
   batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
@@ -260,7 +265,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   baselines = planners_lib.fit_baselines(transitions.history[train_idx],
                                          transitions.next_cluster[train_idx],
                                          transitions.num_clusters, seed=ctx.seed)
-  scores = {LLM: llm_scores(trainer.model, tokenizer, descriptions, history, options)}
+  scores = {LLM: llm_scores(trainer.model, tokenizer, descriptions, history, options, bos_id)}
   scores.update({name: planner.scores(history) for name, planner in baselines.items()})
   evaluation = hit_rate.evaluate_planners(transitions, scores, examples=examples,
                                           rare_max=options.rare_max)
@@ -282,6 +287,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "train_rows": int(len(arrays[decoder_task.TARGETS])),
       "sequence_length": int(length),
       "vocab_size": tokenizer.vocab_size,
+      "bos_id": int(bos_id),
       "num_params": int(trainer.num_params),
       "num_trainable_params": int(trainer.num_trainable_params),
       "lora_rank": int(task.config.lora_rank),
