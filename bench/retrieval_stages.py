@@ -103,9 +103,8 @@ class PallasStages:
 
     @jax.jit
     def group(users, chosen):
-      groups = contiguous_retrieval.group_pairs(chosen, layout.num_clusters, per_tile)
-      start, size = contiguous_retrieval.tile_bounds(offsets, groups.tile_cluster,
-                                                     layout.num_items)
+      groups, start, size = contiguous_retrieval.plan_tiles(chosen, offsets, layout.num_items,
+                                                            per_tile)
       return groups, start, size, users[jnp.maximum(groups.tile_user, 0)]
 
     self.group = lambda: group(users, chosen)
@@ -296,10 +295,7 @@ def fused_steps(items, layout, users, chosen, k, table_dtype, options, interpret
 
   @jax.jit
   def group(chosen):
-    groups = contiguous_retrieval.group_pairs(chosen, layout.num_clusters, per_tile)
-    start, size = contiguous_retrieval.tile_bounds(laid.offsets, groups.tile_cluster,
-                                                   layout.num_items)
-    return groups, start, size
+    return contiguous_retrieval.plan_tiles(chosen, laid.offsets, layout.num_items, per_tile)
 
   groups, start, size = group(chosen)
   no_seen = jnp.full((users.shape[0], 0), -1, jnp.int32)

@@ -316,14 +316,44 @@ def batch_sharding(mesh: Mesh, rules: Sequence[Sequence[Any]] | None = None,
   return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1), rules)
 
 
+def _fit_to_shape(mesh: Mesh, sharding: NamedSharding, shape: tuple[int, ...],
+                  logical_axes: Sequence[Any], replicate: Callable[[Any], bool],
+                  where: str) -> NamedSharding:
+  """`sharding` with each dimension its mesh axes do not divide replicated.
+
+  `replicate(name)` says whether a dimension of that logical name may fall back
+  to replication; any other uneven dimension is an error naming `where`.
+  """
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  uneven = False
+  for dim, (size, entry) in enumerate(zip(shape, spec)):
+    if entry is PartitionSpec.UNCONSTRAINED:
+      continue
+    shards = math.prod(mesh.shape[a] for a in _as_axes(entry))
+    if size % shards == 0:
+      continue
+    if not replicate(logical_axes[dim]):
+      raise LogicalAxisError(
+          f"{where}: dimension {dim} ({logical_axes[dim]}) of size {size} is not divisible by"
+          f" mesh axes {entry} ({shards} shards); pad it or change the rule")
+    spec[dim], uneven = None, True
+  return NamedSharding(mesh, PartitionSpec(*spec)) if uneven else sharding
+
+
 def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None],
                             mesh: Mesh, rules: Sequence[Sequence[Any]] | None = None
                             ) -> jax.Array:
-  """Constrains an activation's sharding inside jit by its logical axes."""
+  """Constrains an activation's sharding inside jit by its logical axes.
+
+  A dimension its mesh axes do not divide (e.g. 2 kv heads over model=4, or a
+  batch of 1 while decoding) is left replicated rather than sharded unevenly.
+  """
   if len(logical_axes) != x.ndim:
     raise LogicalAxisError(f"with_logical_constraint: logical axes {tuple(logical_axes)}"
                            f" do not match an array of shape {x.shape}")
-  return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, logical_axes, rules))
+  sharding = _fit_to_shape(mesh, logical_sharding(mesh, logical_axes, rules), x.shape,
+                           logical_axes, lambda name: True, "with_logical_constraint")
+  return jax.lax.with_sharding_constraint(x, sharding)
 
 
 # ----------------------------------------------------------------------------
@@ -349,21 +379,8 @@ def _leaf_sharding(mesh: Mesh, rules: LogicalAxisRules, path: str, shape: tuple[
   if len(logical_axes) != len(shape):
     raise LogicalAxisError(f"{path}: logical axes {tuple(logical_axes)} do not match its"
                            f" shape {shape}")
-  sharding = logical_sharding(mesh, logical_axes, rules)
-  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
-  for dim, (size, entry) in enumerate(zip(shape, spec)):
-    if entry is PartitionSpec.UNCONSTRAINED:
-      continue
-    shards = math.prod(mesh.shape[a] for a in _as_axes(entry))
-    if size % shards == 0:
-      continue
-    if logical_axes[dim] in SHARD_WHERE_DIVISIBLE:
-      spec[dim] = None
-      continue
-    raise LogicalAxisError(
-        f"{path}: dimension {dim} ({logical_axes[dim]}) of size {size} is not divisible by"
-        f" mesh axes {entry} ({shards} shards); pad it or change the rule")
-  return NamedSharding(mesh, PartitionSpec(*spec))
+  return _fit_to_shape(mesh, logical_sharding(mesh, logical_axes, rules), shape, logical_axes,
+                       lambda name: name in SHARD_WHERE_DIVISIBLE, path)
 
 
 def state_shardings(mesh: Mesh, state: Any, rules: Sequence[Sequence[Any]] | None = None

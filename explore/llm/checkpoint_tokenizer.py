@@ -110,7 +110,7 @@ def _token_content(value: Any) -> str | None:
   return value if isinstance(value, str) else None
 
 
-def _config_id(value: Any) -> int | None:
+def config_token_id(value: Any) -> int | None:
   """An id of config.json: an int, or a list of ints (the first is the main one)."""
   if isinstance(value, list):
     value = value[0] if value else None
@@ -124,8 +124,8 @@ def _special_tokens(checkpoint_dir: Path, path: Path) -> tuple[int | str, int | 
   names = (artifacts.read_json(tokenizer_config, TokenizerError)
            if tokenizer_config.exists() else {})
   ids = artifacts.read_json(model_config, TokenizerError) if model_config.exists() else {}
-  eos = _token_content(names.get("eos_token")) or _config_id(ids.get("eos_token_id"))
-  pad = _token_content(names.get("pad_token")) or _config_id(ids.get("pad_token_id"))
+  eos = _token_content(names.get("eos_token")) or config_token_id(ids.get("eos_token_id"))
+  pad = _token_content(names.get("pad_token")) or config_token_id(ids.get("pad_token_id"))
   if eos is None:
     raise TokenizerError(
         f"{path}: no EOS token: set eos_token in {tokenizer_config} or eos_token_id in "

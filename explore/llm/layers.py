@@ -52,18 +52,7 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  if len(logical_axes) != x.ndim:
-    raise partitioning.LogicalAxisError(
-        f"constrain: logical axes {tuple(logical_axes)} do not match an array of shape"
-        f" {x.shape}")
-  spec = partitioning.logical_to_mesh_axes(logical_axes)
-  entries = []
-  for size, entry in zip(x.shape, spec):
-    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
-    shards = math.prod(mesh.shape[a] for a in axes)
-    entries.append(entry if size % shards == 0 else None)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries))
-  return jax.lax.with_sharding_constraint(x, sharding)
+  return partitioning.with_logical_constraint(x, logical_axes, mesh)
 
 
 def logical_param(rngs: nnx.Rngs, init: nnx.Initializer, shape: tuple[int, ...],
@@ -123,12 +112,14 @@ def add_lora_adapters(layer: nnx.Module, targets: Collection[str], *, rank: int,
                       rngs: nnx.Rngs) -> None:
   """Sets `layer.<kernel>_lora` to a fresh adapter for each of its kernels in `targets`.
 
-  `layer.LORA_KERNELS` maps a kernel attribute to (number of input dims, its
-  logical axes); kernels not targeted keep `<kernel>_lora = None`.
+  `layer.LORA_KERNELS` maps a kernel attribute to its number of input dims;
+  the adapter takes the kernel's own logical axes. Kernels not targeted keep
+  `<kernel>_lora = None`.
   """
-  for name, (num_in, axes) in layer.LORA_KERNELS.items():
+  for name, num_in in layer.LORA_KERNELS.items():
     if name in targets:
-      shape = getattr(layer, name).get_value().shape
+      kernel = getattr(layer, name)
+      shape, axes = kernel.get_value().shape, partitioning.variable_logical_axes(kernel)
       setattr(layer, f"{name}_lora", LoraAdapter(
           shape[:num_in], shape[num_in:], axes[:num_in], axes[num_in:], rank=rank,
           alpha=alpha, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
@@ -228,9 +219,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 class Attention(nnx.Module):
   """Multi-head attention with grouped key/value heads and rotary positions."""
 
-  # Kernels that can carry a LoRA adapter: (input dims, logical axes).
-  LORA_KERNELS = {"query": (1, ("embed", "heads", "kv")), "key": (1, ("embed", None, "kv")),
-                  "value": (1, ("embed", None, "kv")), "out": (2, ("heads", "kv", "embed"))}
+  # Kernels that can carry a LoRA adapter: their number of input dims.
+  LORA_KERNELS = {"query": 1, "key": 1, "value": 1, "out": 2}
 
   def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                rope_inv_freq: Sequence[float], dtype: jnp.dtype, param_dtype: jnp.dtype,
@@ -303,8 +293,7 @@ class Attention(nnx.Module):
 class GatedMLP(nnx.Module):
   """act(x W_gate) * (x W_up) W_down: SwiGLU (Llama) or GeGLU (Gemma)."""
 
-  LORA_KERNELS = {"gate": (1, ("embed", "mlp")), "up": (1, ("embed", "mlp")),
-                  "down": (1, ("mlp", "embed"))}
+  LORA_KERNELS = {"gate": 1, "up": 1, "down": 1}
 
   def __init__(self, dim: int, mlp_dim: int, *, activation: str, dtype: jnp.dtype,
                param_dtype: jnp.dtype, rngs: nnx.Rngs):

@@ -62,9 +62,3 @@ def merge_lora(model: Decoder) -> Decoder:
   graphdef, _ = nnx.split(abstract)
   return nnx.merge(graphdef, nnx.from_flat_state(merged))
 
-
-def count_params(model: nnx.Module, trainable: nnx.filterlib.Filter = nnx.Param
-                 ) -> tuple[int, int]:
-  """(trainable, total) numbers of parameter weights of `model`."""
-  size = lambda state: sum(x.size for x in jax.tree.leaves(state))
-  return size(nnx.state(model, trainable)), size(nnx.state(model, nnx.Param))

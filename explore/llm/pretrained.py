@@ -152,12 +152,8 @@ class PretrainedStart:
 
 def _bos_token_id(hf_config: Mapping[str, Any], vocab_size: int, where: Path) -> int | None:
   """config.json's `bos_token_id` (the first of a list), None where it has none."""
-  value = hf_config.get("bos_token_id")
-  if isinstance(value, list):
-    value = value[0] if value else None
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+  value = checkpoint_tokenizer.config_token_id(hf_config.get("bos_token_id"))
+  if value is not None and not 0 <= value < vocab_size:
     raise CheckpointImportError(f"{where}: bos_token_id={value!r} is not a token id in "
                                 f"[0, {vocab_size})")
   return value

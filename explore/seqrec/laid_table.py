@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from explore.seqrec.cluster_layout import ClusterLayout, RetrievalInputError
-
-NO_ITEM = -1  # id of an invalid (padding) result; as topk_ops.NO_ITEM
+from explore.seqrec.topk_ops import NO_ITEM
 TABLE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

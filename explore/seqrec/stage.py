@@ -34,6 +34,7 @@ from explore.data import stage as data_stage
 from explore.seqrec import data as data_lib
 from explore.seqrec import grounding as grounding_lib
 from explore.seqrec import training as training_lib
+from explore.seqrec import vectors as vectors_lib
 from explore.seqrec.model import SeqRecConfig, SeqRecModel, build_model
 from explore.seqrec.retrieval import IMPLEMENTATIONS
 from explore.seqrec.task import SoftmaxConfig
@@ -104,11 +105,6 @@ def model_config(num_items: int, num_clusters: int, options: SeqRecStageOptions)
   return config
 
 
-def token_clusters(item_to_cluster: np.ndarray) -> np.ndarray:
-  """[num_items + 1] model cluster id per token: cluster + 1, 0 for the padding token."""
-  return np.concatenate([[0], np.asarray(item_to_cluster, np.int64) + 1]).astype(np.int32)
-
-
 def restore_best_model(config: SeqRecConfig, stage_path: Path, step: int,
                        seed: int = 0) -> SeqRecModel:
   """The model of `best_checkpoint/checkpoint_<step>` (weights only, on one device)."""
@@ -135,25 +131,9 @@ def test_user_vectors(model: SeqRecModel, split: data_lib.LeaveLastOutSplit,
   The stage's saved user vectors read the whole log, test item included, so
   they would leak the target; grounding uses these instead.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   inputs = data_lib.ranking_examples(split, "test", model.config.max_len).inputs  # [E, L]
-  graphdef, state = nnx.split(model)
-  clusters = (None if item_tokens_clusters is None
-              else jnp.asarray(item_tokens_clusters, jnp.int32))
-
-  @jax.jit
-  def encode(state, tokens):
-    input_clusters = None if clusters is None else clusters[tokens]
-    return nnx.merge(graphdef, state).user_vectors(tokens, input_clusters)  # [B, D]
-
-  out = []
-  for begin in range(0, len(inputs), batch_size):
-    rows = np.arange(begin, min(begin + batch_size, len(inputs)))
-    padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # static shape
-    out.append(np.asarray(encode(state, jnp.asarray(inputs[padded])))[:len(rows)])
-  return np.concatenate(out).astype(np.float32)
+  return vectors_lib.encode_rows(model, len(inputs), lambda rows: inputs[rows], batch_size,
+                                 item_tokens_clusters)
 
 
 def evaluate_grounding(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig,
@@ -165,7 +145,8 @@ def evaluate_grounding(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig,
   if vectors.meta.get("step") != best_step:
     raise SeqRecStageError(f"{stage_path / VECTORS} holds the vectors of step "
                            f"{vectors.meta.get('step')}, not of the best step {best_step}")
-  tokens = token_clusters(item_to_cluster) if config.num_clusters else None
+  tokens = training_lib.token_clusters(
+      config, item_to_cluster if config.num_clusters else None, config.num_items)
   cases = grounding_lib.grounding_cases(split, item_to_cluster)
   counts = split.target_counts()[1:]  # [num_items] training interactions per item
   return grounding_lib.grounding_metrics(

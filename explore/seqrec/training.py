@@ -137,8 +137,8 @@ def _write_scalars(model_dir: Path, record: dict[str, Any]) -> None:
   writer.close()
 
 
-def _token_clusters(config: SeqRecConfig, item_clusters: np.ndarray | None,
-                    num_items: int) -> np.ndarray | None:
+def token_clusters(config: SeqRecConfig, item_clusters: np.ndarray | None,
+                   num_items: int) -> np.ndarray | None:
   """[num_items + 1] cluster id per token (cluster index + 1; 0 for padding), or None."""
   if not config.num_clusters:
     if item_clusters is not None:
@@ -188,7 +188,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
     raise SeqRecTrainingError(f"SeqRecConfig.num_items={model_config.num_items} but the "
                               f"interactions have {num_items} items")
 
-  token_clusters = _token_clusters(model_config, item_clusters, num_items)
+  clusters_of_tokens = token_clusters(model_config, item_clusters, num_items)
   windows = data_lib.training_windows(split, model_config.max_len, training.window_stride,
                                       training.max_windows_per_user)
   num_windows = len(windows["inputs"])
@@ -199,7 +199,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
   counts = split.target_counts()
   task = SeqRecTask(model_config, softmax, counts, batch_size=training.batch_size)
   batches = sampling.SequenceBatches(windows, training.batch_size, seed,
-                                     softmax.sampled_negatives, task.sampler, token_clusters)
+                                     softmax.sampled_negatives, task.sampler, clusters_of_tokens)
   steps_per_epoch = batches.batches_per_epoch
   total_steps = steps_per_epoch * training.train_epochs
   optimizer = make_optimizer(
@@ -244,7 +244,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
           f"seqrec training diverged (non-finite loss) before step {result.step}; lower "
           "SeqRecTraining.learning_rate or raise warmup_steps")
     history.extend(result.history)
-    scorer = evaluation.model_scorer(trainer.model, token_clusters)
+    scorer = evaluation.model_scorer(trainer.model, clusters_of_tokens)
     record = {"epoch": epoch, "step": trainer.step,
               "train_seconds": round(seconds, 3),
               "epochs_trained": (epoch - rounds[-1]["epoch"]) if rounds else epoch,
@@ -258,7 +258,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
       _copy_checkpoint(work_dir / MODEL_DIR, record["step"], work_dir / BEST_CHECKPOINT)
       vectors_lib.model_vectors(trainer.model, split.sequences,
                                 {"step": record["step"], "epoch": epoch},
-                                token_clusters).save(work_dir / VECTORS)
+                                clusters_of_tokens).save(work_dir / VECTORS)
     _append_round(log_path, record)
     _write_scalars(work_dir / MODEL_DIR, record)
     rounds.append(record)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flax import nnx
 import jax
@@ -44,13 +44,14 @@ class SeqRecVectors:
                meta=meta)
 
 
-def user_vectors(model: SeqRecModel, sequences: UserSequences, batch_size: int = 512,
-                 token_clusters: np.ndarray | None = None) -> np.ndarray:
-  """[num_users, D] vectors from each user's newest `max_len` items, `batch_size` at a time.
+def encode_rows(model: SeqRecModel, num_rows: int,
+                histories: Callable[[np.ndarray], np.ndarray], batch_size: int = 512,
+                token_clusters: np.ndarray | None = None) -> np.ndarray:
+  """[num_rows, D] user vectors of left-padded histories, `batch_size` rows at a time.
 
+  `histories(rows)` gives the [len(rows), max_len] token histories of those rows;
   `token_clusters`: [num_items + 1] cluster id per token, for a model built with clusters.
   """
-  max_len = model.config.max_len
   graphdef, state = nnx.split(model)
   clusters = None if token_clusters is None else jnp.asarray(token_clusters, jnp.int32)
 
@@ -59,14 +60,22 @@ def user_vectors(model: SeqRecModel, sequences: UserSequences, batch_size: int =
     input_clusters = None if clusters is None else clusters[inputs]
     return nnx.merge(graphdef, state).user_vectors(inputs, input_clusters)  # [B, D]
 
-  users = np.arange(sequences.num_users)
   out = []
-  for begin in range(0, len(users), batch_size):
-    rows = users[begin:begin + batch_size]
+  for begin in range(0, num_rows, batch_size):
+    rows = np.arange(begin, min(begin + batch_size, num_rows))
     padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # static shape
-    inputs = left_padded_histories(sequences, padded, sequences.lengths[padded], max_len)
-    out.append(np.asarray(encode(state, jnp.asarray(inputs)))[:len(rows)])
+    out.append(np.asarray(encode(state, jnp.asarray(histories(padded))))[:len(rows)])
   return np.concatenate(out).astype(np.float32)
+
+
+def user_vectors(model: SeqRecModel, sequences: UserSequences, batch_size: int = 512,
+                 token_clusters: np.ndarray | None = None) -> np.ndarray:
+  """[num_users, D] vectors from each user's newest `max_len` items (see `encode_rows`)."""
+  max_len = model.config.max_len
+  return encode_rows(
+      model, sequences.num_users,
+      lambda rows: left_padded_histories(sequences, rows, sequences.lengths[rows], max_len),
+      batch_size, token_clusters)
 
 
 def model_vectors(model: SeqRecModel, sequences: UserSequences,
