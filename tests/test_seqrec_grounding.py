@@ -30,12 +30,17 @@ def brute_force_rank(scores, candidates, target):
   return len(ahead)
 
 
-def brute_force(split, user_vectors, item_vectors, item_to_cluster, counts, k):
-  """Per case: (full-catalog rank, in-cluster rank, popular in-cluster rank, novel)."""
+def brute_force(split, user_vectors, item_vectors, item_to_cluster, counts, k, weight=0.0,
+                which="test"):
+  """Per case: (full-catalog rank, in-cluster rank, popular in-cluster rank, novel,
+  in-cluster rank by u . v + weight * log(1 + count))."""
   seq = split.sequences
+  prior = np.log1p(counts.astype(np.float64)).astype(np.float32).astype(np.float64)
   rows = []
   for e, user in enumerate(split.eval_users):
     items = seq.user_tokens(user) - 1
+    if which == "val":
+      items = items[:-1]
     history, target = items[:-1], int(items[-1])
     seen = set(history.tolist()) - {target}
     scores = item_vectors.astype(np.float64) @ user_vectors[e].astype(np.float64)
@@ -44,7 +49,8 @@ def brute_force(split, user_vectors, item_vectors, item_to_cluster, counts, k):
     rows.append((brute_force_rank(scores, everything, target),
                  brute_force_rank(scores, plan, target),
                  brute_force_rank(counts.astype(np.float64), plan, target),
-                 item_to_cluster[target] not in set(item_to_cluster[history].tolist())))
+                 item_to_cluster[target] not in set(item_to_cluster[history].tolist()),
+                 brute_force_rank(scores + weight * prior, plan, target)))
   return rows
 
 
@@ -79,6 +85,16 @@ def test_cases_hold_the_test_target_its_cluster_and_the_history_without_it(world
   assert cases.novel.any() and not cases.novel.all()
 
 
+def test_validation_cases_hold_the_validation_target_and_the_training_items(world):
+  split, _, _, item_to_cluster, _ = world
+  cases = grounding.grounding_cases(split, item_to_cluster, "val")
+  for e, user in enumerate(split.eval_users):
+    items = split.sequences.user_tokens(user) - 1
+    assert cases.targets[e] == items[-2]
+    kept = cases.history[e][cases.history[e] >= 0]
+    assert sorted(kept.tolist()) == sorted(i for i in items[:-2].tolist() if i != items[-2])
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_metrics_match_a_brute_force_ranking(world, k):
   split, user_vectors, item_vectors, item_to_cluster, counts = world
@@ -96,6 +112,58 @@ def test_metrics_match_a_brute_force_ranking(world, k):
       hr, ndcg = hr_ndcg([r[column] for r, kept in zip(rows, keep) if kept], k)
       assert got[part][name][f"hr@{k}"] == pytest.approx(hr, abs=1e-12), (part, name)
       assert got[part][name][f"ndcg@{k}"] == pytest.approx(ndcg, abs=1e-6), (part, name)
+
+
+@pytest.mark.parametrize("weight", [0.5, 3.0])
+def test_the_prior_blend_matches_a_brute_force_ranking(world, weight):
+  split, user_vectors, item_vectors, item_to_cluster, counts = world
+  cases = grounding.grounding_cases(split, item_to_cluster)
+  got = grounding.grounding_metrics(user_vectors, item_vectors, item_to_cluster, cases, counts,
+                                    k=3, prior_weight=weight)
+  rows = brute_force(split, user_vectors, item_vectors, item_to_cluster, counts, 3, weight)
+  hr, ndcg = hr_ndcg([r[4] for r in rows], 3)
+  assert got["all"]["model_prior_in_cluster"] == {"hr@3": pytest.approx(hr, abs=1e-12),
+                                                   "ndcg@3": pytest.approx(ndcg, abs=1e-6)}
+  without = grounding.grounding_metrics(user_vectors, item_vectors, item_to_cluster, cases,
+                                        counts, k=3)
+  assert "model_prior_in_cluster" not in without["all"]
+  zero = grounding.grounding_metrics(user_vectors, item_vectors, item_to_cluster, cases, counts,
+                                     k=3, prior_weight=0.0)
+  assert zero["all"]["model_prior_in_cluster"] == zero["all"]["model_in_cluster"]
+
+
+def test_the_prior_weight_is_tuned_by_in_cluster_ndcg(world):
+  split, user_vectors, item_vectors, item_to_cluster, counts = world
+  cases = grounding.grounding_cases(split, item_to_cluster, "val")
+  weights = (0.0, 0.5, 2.0, 8.0)
+  got = grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases, counts,
+                                    weights, k=3)
+  expected = {}
+  for weight in weights:
+    rows = brute_force(split, user_vectors, item_vectors, item_to_cluster, counts, 3, weight,
+                       which="val")
+    expected[str(weight)] = hr_ndcg([r[4] for r in rows], 3)[1]
+  assert got["ndcg@3"] == pytest.approx(expected, abs=1e-6)
+  best = max(weights, key=lambda w: (expected[str(w)], -w))
+  assert got["weight"] == best
+
+
+def test_popular_targets_pull_the_weight_up_and_exact_vectors_keep_it_at_zero(world):
+  """Users who pick the most popular item of a cluster want the prior; users whose
+  vectors already point at their target do not (ties go to the smaller weight)."""
+  split, user_vectors, item_vectors, item_to_cluster, _ = world
+  cases = grounding.grounding_cases(split, item_to_cluster)
+  counts = np.zeros(NUM_ITEMS, np.int64)
+  counts[cases.targets] = 50  # every target is the most popular item of its cluster
+  weights = (0.0, 1.0, 4.0, 16.0)
+  random = grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases,
+                                       counts, weights, k=1)
+  assert random["weight"] > 0.0
+  assert random["ndcg@1"][str(random["weight"])] > random["ndcg@1"]["0.0"]
+  exact = np.eye(NUM_ITEMS, dtype=np.float32)[cases.targets] * 100  # [E, N]: one-hot targets
+  oracle = grounding.tune_prior_weight(exact, np.eye(NUM_ITEMS, dtype=np.float32),
+                                       item_to_cluster, cases, counts, weights, k=1)
+  assert oracle["weight"] == 0.0 and oracle["ndcg@1"]["0.0"] == 1.0
 
 
 def test_in_cluster_and_full_catalog_are_measured_separately(world):
@@ -133,3 +201,8 @@ def test_mismatched_inputs_are_named(world):
     grounding.grounding_metrics(user_vectors[:-1], item_vectors, item_to_cluster, cases, counts)
   with pytest.raises(grounding.GroundingError, match="item_counts has shape"):
     grounding.grounding_metrics(user_vectors, item_vectors, item_to_cluster, cases, counts[:-1])
+  with pytest.raises(grounding.GroundingError, match="weights=\\(\\) must be"):
+    grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases, counts, ())
+  with pytest.raises(grounding.GroundingError, match="weights=\\(nan,\\) must be"):
+    grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases, counts,
+                                (float("nan"),))

@@ -12,6 +12,7 @@ from explore import main  # noqa: F401  (registers RunConfig)
 from explore import partitioning
 from explore import rundir
 from explore import stages
+from explore.data import stage as data_stage
 from explore.data.schema import Interactions
 from explore.seqrec import data as data_lib
 from explore.seqrec import stage as seqrec_stage
@@ -105,7 +106,7 @@ TINY_RUN = [
 ]
 
 
-def assert_grounding_consistent(metrics):
+def assert_grounding_consistent(metrics, prior=True):
   """Grounding read the best checkpoint: its full-catalog numbers are the model's test numbers."""
   grounding = metrics["grounding"]
   assert grounding["k"] == 10 and grounding["clusters"] == 16 and grounding["level"] == 1
@@ -114,9 +115,31 @@ def assert_grounding_consistent(metrics):
   assert 0 < grounding["novel"]["users"] < grounding["all"]["users"]
   for name, value in metrics["model"]["test"].items():
     assert grounding["all"]["model_full_catalog"][name] == pytest.approx(value, abs=1e-6)
+  rows = ("model_in_cluster", "most_popular_in_cluster") + (("model_prior_in_cluster",) * prior)
   for part in ("all", "novel"):
-    for who in ("model_in_cluster", "most_popular_in_cluster"):
+    assert set(grounding[part]) == {"users", "model_full_catalog", *rows}
+    for who in rows:
       assert 0.0 <= grounding[part][who]["ndcg@10"] <= grounding[part][who]["hr@10"] <= 1.0
+  if not prior:
+    assert "prior" not in grounding
+    return
+  prior = grounding["prior"]
+  assert prior["tuned_on"] == "val"
+  tried = seqrec_stage.SeqRecStageOptions().prior_weights
+  assert set(prior["ndcg@10"]) == {str(float(w)) for w in tried}
+  assert prior["ndcg@10"][str(prior["weight"])] == max(prior["ndcg@10"].values())
+  if prior["weight"] == 0.0:
+    assert grounding["all"]["model_prior_in_cluster"] == grounding["all"]["model_in_cluster"]
+
+
+def assert_vectors_hold_the_tuned_prior(run_dir, metrics):
+  """The saved vectors carry log(1 + training count) and the weight tuned on validation."""
+  vectors = seqrec_stage.load_vectors(run_dir.complete_path("seqrec"))
+  assert vectors.meta["step"] == metrics["best_step"]
+  assert vectors.prior_weight == metrics["grounding"]["prior"]["weight"]
+  interactions = data_stage.load_interactions(run_dir.complete_path("data"))
+  split = data_lib.leave_last_out(data_lib.user_sequences(interactions))
+  np.testing.assert_allclose(vectors.item_prior, np.log1p(split.target_counts()[1:]), rtol=1e-6)
 
 
 def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
@@ -133,6 +156,7 @@ def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
   assert metrics["softmax"] == "sampled" and metrics["seconds_per_epoch"] > 0
   assert metrics["cluster_embeddings"] == 0
   assert_grounding_consistent(metrics)
+  assert_vectors_hold_the_tuned_prior(run_dir, metrics)
   vectors = seqrec_stage.load_vectors(path)
   assert vectors.item_vectors.shape == (300, 16) and vectors.user_vectors.shape == (120, 16)
   assert (path / "model" / "model-info.txt").exists()
@@ -151,14 +175,15 @@ def test_cluster_embeddings_need_the_item_clusters(tmp_path):
 def test_stage_feeds_the_clusters_stage_assignment_to_cluster_embeddings(tmp_path):
   gin_config.parse_gin(["quickstart.gin"], [
       f"RUN_DIR = '{tmp_path}'", *TINY_RUN, "SeqRecTraining.train_epochs = 1",
-      "SeqRecStageOptions.cluster_embeddings = True"])
+      "SeqRecStageOptions.cluster_embeddings = True", "SeqRecStageOptions.prior_weights = ()"])
   run_dir = rundir.RunDir(tmp_path)
   assert stages.run_stages(["seqrec"], run_dir, seed=0)[-1] == ("seqrec", "run")
   path = run_dir.complete_path("seqrec")
   metrics = json.loads((path / "metrics.json").read_text())
   assert metrics["cluster_embeddings"] == 16
   assert "clusters" in (path / "model" / "model-info.txt").read_text()
-  assert_grounding_consistent(metrics)
+  assert_grounding_consistent(metrics, prior=False)  # prior_weights = () turns it off
+  assert seqrec_stage.load_vectors(path).item_prior is None
 
 
 def test_cluster_count_comes_from_the_clusters_stage():
@@ -178,3 +203,6 @@ def test_bad_grounding_options_are_named():
     seqrec_stage.SeqRecStageOptions(grounding_k=0)
   with pytest.raises(seqrec_stage.SeqRecStageError, match="'faiss'"):
     seqrec_stage.SeqRecStageOptions(grounding_implementation="faiss")
+  for bad in ((1.0, float("inf")), ("1",), 2.0):
+    with pytest.raises(seqrec_stage.SeqRecStageError, match="prior_weights=.* must be a tuple"):
+      seqrec_stage.SeqRecStageOptions(prior_weights=bad)

@@ -22,6 +22,7 @@ from explore.seqrec.evaluation import ranking_metrics
 from explore.seqrec.evaluation import target_ranks
 from explore.seqrec.grounding import grounding_cases
 from explore.seqrec.grounding import grounding_metrics
+from explore.seqrec.grounding import tune_prior_weight
 from explore.seqrec.model import SeqRecConfig
 from explore.seqrec.model import SeqRecModel
 from explore.seqrec.model import build_model
@@ -30,10 +31,12 @@ from explore.seqrec.task import SoftmaxConfig
 from explore.seqrec.training import SeqRecTraining
 from explore.seqrec.training import fit
 from explore.seqrec.vectors import SeqRecVectors
+from explore.seqrec.vectors import popularity_prior
+from explore.seqrec.vectors import with_prior
 
 __all__ += [
     "SeqRecConfig", "SeqRecModel", "SeqRecTask", "SeqRecTraining", "SeqRecVectors",
     "SoftmaxConfig", "build_model", "encode_histories", "fit", "grounding_cases",
-    "grounding_metrics", "leave_last_out",
-    "ranking_metrics", "target_ranks", "user_sequences",
+    "grounding_metrics", "leave_last_out", "popularity_prior",
+    "ranking_metrics", "target_ranks", "tune_prior_weight", "user_sequences", "with_prior",
 ]

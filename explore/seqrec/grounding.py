@@ -9,7 +9,11 @@ test item or not. Reported next to it, on the same users:
 
 * the recommender over the full catalog (no plan), the usual HR@k / NDCG@k;
 * the most popular items of the planned cluster (training counts), the
-  baseline a plan alone gives without a recommender.
+  baseline a plan alone gives without a recommender;
+* optionally the recommender blended with a popularity prior inside the plan,
+  u . v + w * log(1 + count), with w tuned on the *validation* cases
+  (`tune_prior_weight`): inside one cluster the user's vector says which of
+  its items fit the user, and popularity says which of them most users like.
 
 Both for all evaluated users and for the *novel* ones only: users whose test
 item's cluster is not among the clusters of their history. That is the case
@@ -35,6 +39,7 @@ import numpy as np
 from explore.seqrec import evaluation
 from explore.seqrec.data import PAD, LeaveLastOutSplit, ranking_examples
 from explore.seqrec.retrieval import RestrictedRetriever
+from explore.seqrec.vectors import popularity_prior, with_prior
 
 
 class GroundingError(ValueError):
@@ -43,12 +48,12 @@ class GroundingError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class GroundingCases:
-  """One test case per evaluated user: the oracle plan and what to exclude."""
+  """One case per evaluated user: the oracle plan and what to exclude."""
 
   users: np.ndarray  # [E] int64 dense user index
-  targets: np.ndarray  # [E] int32 dense item id of the test item
-  target_clusters: np.ndarray  # [E] int32 cluster of the test item: the oracle plan
-  history: np.ndarray  # [E, H] int32 history items (training + validation) but the target; -1 pad
+  targets: np.ndarray  # [E] int32 dense item id of the held-out item
+  target_clusters: np.ndarray  # [E] int32 cluster of the held-out item: the oracle plan
+  history: np.ndarray  # [E, H] int32 items before the target (but the target itself); -1 pad
   novel: np.ndarray  # [E] bool: the target cluster is not among the history's clusters
 
   def __len__(self) -> int:
@@ -60,8 +65,13 @@ def _width(longest: int) -> int:
   return max(16, 1 << max(0, math.ceil(math.log2(max(longest, 1)))))
 
 
-def grounding_cases(split: LeaveLastOutSplit, item_to_cluster: np.ndarray) -> GroundingCases:
-  """The test cases of `split`'s evaluated users with their items' clusters."""
+def grounding_cases(split: LeaveLastOutSplit, item_to_cluster: np.ndarray,
+                    which: str = "test") -> GroundingCases:
+  """The test (or `which="val"` validation) cases of `split`'s evaluated users.
+
+  Test cases hold the training items and the validation item as history;
+  validation cases the training items only (`data.ranking_examples`).
+  """
   item_to_cluster = np.asarray(item_to_cluster)
   num_items = split.sequences.num_items
   if item_to_cluster.shape != (num_items,):
@@ -70,7 +80,7 @@ def grounding_cases(split: LeaveLastOutSplit, item_to_cluster: np.ndarray) -> Gr
   if num_items and item_to_cluster.min() < 0:
     raise GroundingError(f"item_to_cluster holds cluster {int(item_to_cluster.min())}; "
                          "cluster ids must be >= 0")
-  examples = ranking_examples(split, "test", max_len=1)
+  examples = ranking_examples(split, which, max_len=1)
   rows = np.arange(len(examples))
   tokens = examples.history_matrix(rows, int(examples.history_length.max()))  # [E, H]
   history = tokens.astype(np.int64) - 1  # [E, H] dense items, -1 padding
@@ -137,10 +147,66 @@ def _metrics(ranks: np.ndarray, k: int) -> dict[str, float] | None:
   return evaluation.ranking_metrics(ranks, (k,)) if len(ranks) else None
 
 
+def _check_inputs(user_vectors, item_vectors, item_to_cluster, cases, item_counts, k) -> None:
+  num_items = len(item_vectors)
+  if user_vectors.shape != (len(cases), item_vectors.shape[1]):
+    raise GroundingError(f"user_vectors has shape {user_vectors.shape}, expected "
+                         f"({len(cases)}, {item_vectors.shape[1]}): one vector per case")
+  for name, array in (("item_to_cluster", item_to_cluster), ("item_counts", item_counts)):
+    if np.shape(array) != (num_items,):
+      raise GroundingError(f"{name} has shape {np.shape(array)}, expected ({num_items},): "
+                           "one entry per item vector")
+  if not isinstance(k, int) or k < 1:
+    raise GroundingError(f"k={k!r} must be a positive integer")
+
+
+class _PlanRanker:
+  """Ranks of the targets inside their planned clusters, for one item table."""
+
+  def __init__(self, item_vectors: np.ndarray, item_to_cluster: np.ndarray,
+               cases: GroundingCases, k: int, implementation: str):
+    self.retriever = RestrictedRetriever(item_vectors, item_to_cluster,
+                                         implementation=implementation,
+                                         num_clusters=int(item_to_cluster.max()) + 1)
+    self.cases, self.k = cases, k
+    self.seen = _seen_in_plan(cases, item_to_cluster)
+
+  def ranks(self, user_vectors: np.ndarray) -> np.ndarray:
+    return restricted_ranks(self.retriever, user_vectors, self.cases, self.seen, self.k)
+
+
+def tune_prior_weight(user_vectors: np.ndarray, item_vectors: np.ndarray,
+                      item_to_cluster: np.ndarray, cases: GroundingCases,
+                      item_counts: np.ndarray, weights: tuple[float, ...], k: int = 10,
+                      implementation: str = "contiguous") -> dict[str, Any]:
+  """The popularity-prior weight with the best in-cluster NDCG@k on `cases`.
+
+  Tune on validation cases (`grounding_cases(..., which="val")`) and report
+  on test. Scores are u . v + w * log(1 + count); ties go to the smaller weight.
+
+  Returns:
+    {"weight": the best w, "ndcg@k": {str(w): NDCG@k of every w tried}}.
+  """
+  item_to_cluster = np.asarray(item_to_cluster)
+  _check_inputs(user_vectors, item_vectors, item_to_cluster, cases, item_counts, k)
+  weights = tuple(float(w) for w in weights)
+  if not weights or not all(np.isfinite(weights)):
+    raise GroundingError(f"weights={weights!r} must be a non-empty tuple of finite numbers")
+  prior = popularity_prior(item_counts)
+  ranker, ndcg = None, {}
+  for weight in sorted(set(weights)):
+    users, items = with_prior(user_vectors, item_vectors, prior, weight)
+    ranker = ranker or _PlanRanker(items, item_to_cluster, cases, k, implementation)
+    ndcg[weight] = evaluation.ranking_metrics(ranker.ranks(users), (k,))[f"ndcg@{k}"]
+  best = max(ndcg, key=lambda w: (ndcg[w], -w))
+  return {"weight": best, f"ndcg@{k}": {str(w): v for w, v in ndcg.items()}}
+
+
 def grounding_metrics(user_vectors: np.ndarray, item_vectors: np.ndarray,
                       item_to_cluster: np.ndarray, cases: GroundingCases,
                       item_counts: np.ndarray, k: int = 10,
-                      implementation: str = "contiguous") -> dict[str, Any]:
+                      implementation: str = "contiguous",
+                      prior_weight: float | None = None) -> dict[str, Any]:
   """HR@k / NDCG@k with the oracle plan, without a plan, and most popular in the plan.
 
   Args:
@@ -152,36 +218,29 @@ def grounding_metrics(user_vectors: np.ndarray, item_vectors: np.ndarray,
     item_counts: [N] training interactions per item (the popularity baseline).
     k: the cutoff.
     implementation: the `RestrictedRetriever` implementation.
+    prior_weight: if given, also rank inside the plan by u . v + prior_weight *
+      log(1 + count) ("model_prior_in_cluster").
 
   Returns:
     {"k", "all": {...}, "novel": {...}}, each part with "users",
-    "model_full_catalog", "model_in_cluster", "most_popular_in_cluster"
-    (None where a part has no users).
+    "model_full_catalog", "model_in_cluster", "most_popular_in_cluster" and,
+    with a prior weight, "model_prior_in_cluster" (None where a part has no users).
   """
   item_to_cluster = np.asarray(item_to_cluster)
-  num_items = len(item_vectors)
-  if user_vectors.shape != (len(cases), item_vectors.shape[1]):
-    raise GroundingError(f"user_vectors has shape {user_vectors.shape}, expected "
-                         f"({len(cases)}, {item_vectors.shape[1]}): one vector per case")
-  for name, array in (("item_to_cluster", item_to_cluster), ("item_counts", item_counts)):
-    if np.shape(array) != (num_items,):
-      raise GroundingError(f"{name} has shape {np.shape(array)}, expected ({num_items},): "
-                           "one entry per item vector")
-  if not isinstance(k, int) or k < 1:
-    raise GroundingError(f"k={k!r} must be a positive integer")
-  num_clusters = int(item_to_cluster.max()) + 1
-  seen = _seen_in_plan(cases, item_to_cluster)
-  model = RestrictedRetriever(item_vectors, item_to_cluster, implementation=implementation,
-                              num_clusters=num_clusters)
+  _check_inputs(user_vectors, item_vectors, item_to_cluster, cases, item_counts, k)
+  def plan_ranks(users, items):
+    return _PlanRanker(items, item_to_cluster, cases, k, implementation).ranks(users)
+
   # Popularity as a 1-d "embedding": every user scores item i by its count.
-  popular = RestrictedRetriever(np.asarray(item_counts, np.float32)[:, None], item_to_cluster,
-                                implementation=implementation, num_clusters=num_clusters)
   ranks = {
       "model_full_catalog": full_catalog_ranks(user_vectors, item_vectors, cases),
-      "model_in_cluster": restricted_ranks(model, user_vectors, cases, seen, k),
-      "most_popular_in_cluster": restricted_ranks(
-          popular, np.ones((len(cases), 1), np.float32), cases, seen, k),
+      "model_in_cluster": plan_ranks(user_vectors, item_vectors),
+      "most_popular_in_cluster": plan_ranks(np.ones((len(cases), 1), np.float32),
+                                            np.asarray(item_counts, np.float32)[:, None]),
   }
+  if prior_weight is not None:
+    ranks["model_prior_in_cluster"] = plan_ranks(*with_prior(
+        user_vectors, item_vectors, popularity_prior(item_counts), prior_weight))
   out: dict[str, Any] = {"k": k}
   for part, rows in (("all", np.ones(len(cases), bool)), ("novel", cases.novel)):
     out[part] = {"users": int(rows.sum()),

@@ -6,11 +6,13 @@ map at the exploration level, and writes into the stage folder:
                     train/ TensorBoard scalars and metrics.jsonl)
   best_checkpoint/  a copy of the checkpoint with the best validation NDCG@10
   validation.jsonl  HR@k / NDCG@k (validation and test) after every round of epochs
-  vectors/          `SeqRecVectors` of the best round (item and user vectors, for retrieval)
+  vectors/          `SeqRecVectors` of the best round (item and user vectors, for retrieval),
+                    with the popularity prior and its weight tuned for in-cluster retrieval
   metrics.json      the model at its best validation round and the most-popular
                     baseline (HR@k / NDCG@k, validation and test), seconds per epoch,
                     and "grounding": the best model's retrieval restricted to the
-                    test item's cluster (`grounding.py`)
+                    test item's cluster (`grounding.py`), with and without the
+                    popularity prior (its weight tuned on the validation cases)
 With `SeqRecStageOptions.cluster_embeddings` the model also embeds each input
 item's cluster (the clusters stage's count fills `SeqRecConfig.num_clusters`).
 The folder of an interrupted run is kept (same config) and training resumes.
@@ -19,6 +21,7 @@ The folder of an interrupted run is kept (same config) and training resumes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -57,11 +60,16 @@ class SeqRecStageOptions:
     exploration level; the number of clusters comes from the clusters stage.
   grounding_k: the cutoff of the grounding evaluation.
   grounding_implementation: the `RestrictedRetriever` implementation it uses.
+  prior_weights: the weights w of the in-cluster popularity prior,
+    score = u . v + w * log(1 + training count), tried on the validation cases;
+    the one with the best in-cluster NDCG@k is stored with the vectors and
+    reported on test. `()` turns the prior off.
   """
 
   cluster_embeddings: bool = False
   grounding_k: int = 10
   grounding_implementation: str = "contiguous"
+  prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
   def __post_init__(self):
     if not isinstance(self.grounding_k, int) or self.grounding_k < 1:
@@ -71,6 +79,13 @@ class SeqRecStageOptions:
       raise SeqRecStageError(
           f"SeqRecStageOptions.grounding_implementation={self.grounding_implementation!r} "
           f"is not one of {', '.join(IMPLEMENTATIONS)}")
+    weights = self.prior_weights
+    if (not isinstance(weights, (tuple, list))
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                   for w in weights)):
+      raise SeqRecStageError(
+          f"SeqRecStageOptions.prior_weights={weights!r} must be a tuple of finite numbers "
+          "(() turns the popularity prior off)")
 
 
 def load_vectors(stage_path: Path) -> SeqRecVectors:
@@ -123,15 +138,16 @@ def restore_best_model(config: SeqRecConfig, stage_path: Path, step: int,
   return nnx.merge(graphdef, restored["params"], restored.get("extras", extras))
 
 
-def test_user_vectors(model: SeqRecModel, split: data_lib.LeaveLastOutSplit,
-                      item_tokens_clusters: np.ndarray | None, batch_size: int = 256
-                      ) -> np.ndarray:
-  """[E, D] each evaluated user's vector after the test history (training + validation items).
+def case_user_vectors(model: SeqRecModel, split: data_lib.LeaveLastOutSplit,
+                      item_tokens_clusters: np.ndarray | None, which: str = "test",
+                      batch_size: int = 256) -> np.ndarray:
+  """[E, D] each evaluated user's vector before its `which` ("test" or "val") target.
 
+  Test reads the training and validation items, validation the training items.
   The stage's saved user vectors read the whole log, test item included, so
   they would leak the target; grounding uses these instead.
   """
-  inputs = data_lib.ranking_examples(split, "test", model.config.max_len).inputs  # [E, L]
+  inputs = data_lib.ranking_examples(split, which, model.config.max_len).inputs  # [E, L]
   return vectors_lib.encode_rows(model, len(inputs), lambda rows: inputs[rows], batch_size,
                                  item_tokens_clusters)
 
@@ -139,7 +155,11 @@ def test_user_vectors(model: SeqRecModel, split: data_lib.LeaveLastOutSplit,
 def evaluate_grounding(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig,
                        stage_path: Path, best_step: int, item_to_cluster: np.ndarray,
                        options: SeqRecStageOptions, seed: int = 0) -> dict[str, Any]:
-  """Grounding metrics (`grounding.grounding_metrics`) of the best validation checkpoint."""
+  """Grounding metrics (`grounding.grounding_metrics`) of the best validation checkpoint.
+
+  With `options.prior_weights`, the prior's weight is tuned on the validation
+  cases first, reported under "prior" and saved with the stage's vectors.
+  """
   model = restore_best_model(config, stage_path, best_step, seed)
   vectors = load_vectors(stage_path)
   if vectors.meta.get("step") != best_step:
@@ -147,11 +167,23 @@ def evaluate_grounding(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig,
                            f"{vectors.meta.get('step')}, not of the best step {best_step}")
   tokens = training_lib.token_clusters(
       config, item_to_cluster if config.num_clusters else None, config.num_items)
-  cases = grounding_lib.grounding_cases(split, item_to_cluster)
   counts = split.target_counts()[1:]  # [num_items] training interactions per item
-  return grounding_lib.grounding_metrics(
-      test_user_vectors(model, split, tokens), vectors.item_vectors, item_to_cluster, cases,
-      counts, options.grounding_k, options.grounding_implementation)
+  k, implementation = options.grounding_k, options.grounding_implementation
+  prior = None
+  if options.prior_weights:
+    prior = grounding_lib.tune_prior_weight(
+        case_user_vectors(model, split, tokens, "val"), vectors.item_vectors, item_to_cluster,
+        grounding_lib.grounding_cases(split, item_to_cluster, "val"), counts,
+        tuple(options.prior_weights), k, implementation)
+    dataclasses.replace(vectors, item_prior=vectors_lib.popularity_prior(counts),
+                        prior_weight=prior["weight"]).save(Path(stage_path) / VECTORS)
+  metrics = grounding_lib.grounding_metrics(
+      case_user_vectors(model, split, tokens), vectors.item_vectors, item_to_cluster,
+      grounding_lib.grounding_cases(split, item_to_cluster), counts, k, implementation,
+      prior_weight=None if prior is None else prior["weight"])
+  if prior is not None:
+    metrics["prior"] = {"kind": "log(1 + training count)", "tuned_on": "val", **prior}
+  return metrics
 
 
 def _log_grounding(grounding: dict[str, Any]) -> None:
@@ -162,6 +194,9 @@ def _log_grounding(grounding: dict[str, Any]) -> None:
                       for name, m in row.items() if isinstance(m, dict))
     logging.info("seqrec grounding (%s test users, %d): HR@%d / NDCG@%d: %s", part,
                  row["users"], k, k, cells or "no users")
+  if "prior" in grounding:
+    logging.info("seqrec grounding: popularity prior weight %g (validation NDCG@%d by weight: "
+                 "%s)", grounding["prior"]["weight"], k, grounding["prior"][f"ndcg@{k}"])
 
 
 @stages.register_stage("seqrec", deps=("data", "clusters"),
