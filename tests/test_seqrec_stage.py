@@ -1,6 +1,7 @@
 """Training with validation-based selection (`fit`) and the `seqrec` stage."""
 
 import json
+from pathlib import Path
 
 import gin
 import jax
@@ -18,6 +19,7 @@ from explore.seqrec import data as data_lib
 from explore.seqrec import stage as seqrec_stage
 from explore.seqrec import training as training_lib
 from explore.seqrec.model import SeqRecConfig
+from explore.seqrec.task import SoftmaxConfig
 
 stages.load_builtin_stages()
 
@@ -196,6 +198,23 @@ def test_cluster_count_comes_from_the_clusters_stage():
     seqrec_stage.model_config(300, 16, options)
   with pytest.raises(seqrec_stage.SeqRecStageError, match="cluster_embeddings = True"):
     seqrec_stage.model_config(300, 16, seqrec_stage.SeqRecStageOptions())
+
+
+SEQREC_MODEL_FILES = sorted(
+    p.name for p in (Path(gin_config.__file__).resolve().parents[1] / "configs" / "seqrec").glob(
+        "*.gin"))
+
+
+@pytest.mark.parametrize("name", SEQREC_MODEL_FILES)
+def test_every_seqrec_model_file_parses_after_its_run_file(name):
+  run_file = "movielens.gin" if name.startswith("movielens") else "quickstart.gin"
+  gin_config.parse_gin([run_file, f"seqrec/{name}"],
+                       ["RUN_DIR = '/tmp/explore_config_check'", "MOVIELENS_DIR = '/tmp/ml'"])
+  options = seqrec_stage.SeqRecStageOptions()  # the bound values pass their own checks
+  SoftmaxConfig()
+  training_lib.SeqRecTraining()
+  if name.endswith("no_clusters.gin"):
+    assert not options.cluster_embeddings
 
 
 def test_bad_grounding_options_are_named():
