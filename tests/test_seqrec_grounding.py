@@ -203,6 +203,8 @@ def test_mismatched_inputs_are_named(world):
     grounding.grounding_metrics(user_vectors, item_vectors, item_to_cluster, cases, counts[:-1])
   with pytest.raises(grounding.GroundingError, match="weights=\\(\\) must be"):
     grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases, counts, ())
+  with pytest.raises(grounding.GroundingError, match="weights=\\('1',\\) must be"):
+    grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases, counts, ("1",))
   with pytest.raises(grounding.GroundingError, match="weights=\\(nan,\\) must be"):
     grounding.tune_prior_weight(user_vectors, item_vectors, item_to_cluster, cases, counts,
                                 (float("nan"),))

@@ -189,14 +189,15 @@ def tune_prior_weight(user_vectors: np.ndarray, item_vectors: np.ndarray,
   """
   item_to_cluster = np.asarray(item_to_cluster)
   _check_inputs(user_vectors, item_vectors, item_to_cluster, cases, item_counts, k)
-  weights = tuple(float(w) for w in weights)
-  if not weights or not all(np.isfinite(weights)):
+  if (not weights or isinstance(weights, str)
+      or not all(isinstance(w, (int, float, np.number)) and np.isfinite(w) for w in weights)):
     raise GroundingError(f"weights={weights!r} must be a non-empty tuple of finite numbers")
   prior = popularity_prior(item_counts)
   ranker, ndcg = None, {}
-  for weight in sorted(set(weights)):
+  for weight in sorted(set(float(w) for w in weights)):
     users, items = with_prior(user_vectors, item_vectors, prior, weight)
-    ranker = ranker or _PlanRanker(items, item_to_cluster, cases, k, implementation)
+    if ranker is None:  # the items' coordinates do not depend on the weight
+      ranker = _PlanRanker(items, item_to_cluster, cases, k, implementation)
     ndcg[weight] = evaluation.ranking_metrics(ranker.ranks(users), (k,))[f"ndcg@{k}"]
   best = max(ndcg, key=lambda w: (ndcg[w], -w))
   return {"weight": best, f"ndcg@{k}": {str(w): v for w, v in ndcg.items()}}
