@@ -8,10 +8,12 @@ users. The number of tiles is bounded statically, so every shape is static:
 
   tiles <= floor((P + (T - 1) * min(C, P)) / T),  P = B * c pairs.
 
-Per tile: scores [T, W] -> mask positions past the cluster's end, empty slots
-and seen items -> top-k along the slab (ties: lower position = lower item id,
-since items keep ascending order inside a cluster). Each user then merges the
-top-k lists of its c clusters by (score desc, id asc).
+Per tile: scores [T, W]. Then per (user, cluster) pair, its row of those
+scores -> mask positions past the cluster's end and seen items -> top-k along
+the slab (ties: lower position = lower item id, since items keep ascending
+order inside a cluster). Selecting on the P pair rows rather than on every
+tile slot skips the empty slots that the static tile bound leaves. Each user
+then merges the top-k lists of its c clusters by (score desc, id asc).
 
 This is the plain-JAX path (CPU, and the correctness reference for the Pallas
 GPU kernels in `pallas_topk.py`, which reuse `group_pairs`).
@@ -132,29 +134,6 @@ def mask_seen_in_tiles(scores: jax.Array, tile_user: jax.Array, tile_start: jax.
   return scores.at[tile_index, slot_index, column].set(-jnp.inf, mode="drop")
 
 
-def merge_pair_lists(values: jax.Array, columns: jax.Array, pair_row: jax.Array,
-                     tile_start: jax.Array, users_per_tile: int, order: jax.Array, k: int
-                     ) -> tuple[jax.Array, jax.Array]:
-  """Per user, merges the top lists of its pairs into its final top k.
-
-  Args:
-    values: [rows, kk] each pair row's best scores (-inf invalid).
-    columns: [rows, kk] their positions inside the pair's slab.
-    pair_row: [B, c] row of each pair, -1 for none.
-    tile_start: [tiles] first layout position of each tile's slab.
-    order: [N + W] layout position -> item id (NO_ITEM in the padding).
-  """
-  num_users, per_user = pair_row.shape
-  kk = values.shape[1]
-  row = jnp.maximum(pair_row, 0)  # [B, c]
-  has_pair = (pair_row >= 0)[:, :, None]
-  cand_scores = jnp.where(has_pair, values[row], -jnp.inf)  # [B, c, kk]
-  positions = tile_start[row // users_per_tile][:, :, None] + columns[row]  # [B, c, kk]
-  cand_ids = topk_ops.mark_invalid(cand_scores, order[positions])
-  return topk_ops.merge_candidates(cand_scores.reshape(num_users, per_user * kk),
-                                   cand_ids.reshape(num_users, per_user * kk), k)
-
-
 def contiguous_top_k(user_vectors: jax.Array, laid_items: jax.Array, order: jax.Array,
                      positions: jax.Array, offsets: jax.Array, chosen_clusters: jax.Array,
                      seen_items: jax.Array, *, k: int, slab_width: int, users_per_tile: int,
@@ -178,12 +157,22 @@ def contiguous_top_k(user_vectors: jax.Array, laid_items: jax.Array, order: jax.
   slab_rows = tile_start[:, None] + jnp.arange(slab_width)  # [tiles, W]
   slabs = laid_items[slab_rows]  # [tiles, W, d]
   scores = jnp.einsum("tud,twd->tuw", users, slabs, precision=precision)  # [tiles, T, W]
-  valid = ((jnp.arange(slab_width)[None, None, :] < tile_size[:, None, None])
-           & (groups.tile_user >= 0)[:, :, None])
-  scores = jnp.where(valid, topk_ops.canonical_scores(scores), -jnp.inf)
+  # Select on the P = B * c pair rows only: the tile bound leaves many slots empty.
+  num_users, per_user = groups.pair_row.shape
+  pair = groups.pair_row.reshape(-1)  # [P] slot row of each pair, -1 for none
+  row = jnp.maximum(pair, 0)
+  start = tile_start[row // users_per_tile][:, None]  # [P, 1]
+  size = tile_size[row // users_per_tile][:, None]
+  pair_scores = scores.reshape(-1, slab_width)[row]  # [P, W]
+  valid = (jnp.arange(slab_width)[None, :] < size) & (pair >= 0)[:, None]
+  pair_scores = jnp.where(valid, topk_ops.canonical_scores(pair_scores), -jnp.inf)
   seen_positions = jnp.where(seen_items >= 0, positions[jnp.maximum(seen_items, 0)], -1)
-  scores = mask_seen_in_tiles(scores, groups.tile_user, tile_start, tile_size, seen_positions)
-  values, columns = jax.lax.top_k(scores, min(k, slab_width))  # [tiles, T, kk]
-  rows = values.shape[0] * values.shape[1]
-  return merge_pair_lists(values.reshape(rows, -1), columns.reshape(rows, -1),
-                          groups.pair_row, tile_start, users_per_tile, order, k)
+  seen_positions = jnp.repeat(seen_positions, per_user, axis=0)  # [P, S]
+  # Seen items of other clusters fall outside [0, size) and are skipped or hit -inf scores.
+  pair_scores = topk_ops.mask_seen(
+      pair_scores, jnp.where(seen_positions >= 0, seen_positions - start, -1))
+  values, columns = jax.lax.top_k(pair_scores, min(k, slab_width))  # [P, kk]
+  ids = topk_ops.mark_invalid(values, order[start + columns])
+  kk = values.shape[1]
+  return topk_ops.merge_candidates(values.reshape(num_users, per_user * kk),
+                                   ids.reshape(num_users, per_user * kk), k)
