@@ -161,8 +161,8 @@ def contiguous_top_k(user_vectors: jax.Array, laid_items: jax.Array, order: jax.
   num_users, per_user = groups.pair_row.shape
   pair = groups.pair_row.reshape(-1)  # [P] slot row of each pair, -1 for none
   row = jnp.maximum(pair, 0)
-  start = tile_start[row // users_per_tile][:, None]  # [P, 1]
-  size = tile_size[row // users_per_tile][:, None]
+  tile = row // users_per_tile
+  start, size = tile_start[tile][:, None], tile_size[tile][:, None]  # [P, 1]
   pair_scores = scores.reshape(-1, slab_width)[row]  # [P, W]
   valid = (jnp.arange(slab_width)[None, :] < size) & (pair >= 0)[:, None]
   pair_scores = jnp.where(valid, topk_ops.canonical_scores(pair_scores), -jnp.inf)

@@ -164,12 +164,12 @@ class _PlanRanker:
   """Ranks of the targets inside their planned clusters, for one item table."""
 
   def __init__(self, item_vectors: np.ndarray, item_to_cluster: np.ndarray,
-               cases: GroundingCases, k: int, implementation: str):
+               cases: GroundingCases, seen: np.ndarray, k: int, implementation: str):
+    """`seen`: `_seen_in_plan(cases, item_to_cluster)`, shared by every table."""
     self.retriever = RestrictedRetriever(item_vectors, item_to_cluster,
                                          implementation=implementation,
                                          num_clusters=int(item_to_cluster.max()) + 1)
-    self.cases, self.k = cases, k
-    self.seen = _seen_in_plan(cases, item_to_cluster)
+    self.cases, self.seen, self.k = cases, seen, k
 
   def ranks(self, user_vectors: np.ndarray) -> np.ndarray:
     return restricted_ranks(self.retriever, user_vectors, self.cases, self.seen, self.k)
@@ -197,7 +197,8 @@ def tune_prior_weight(user_vectors: np.ndarray, item_vectors: np.ndarray,
   for weight in sorted(set(float(w) for w in weights)):
     users, items = with_prior(user_vectors, item_vectors, prior, weight)
     if ranker is None:  # the items' coordinates do not depend on the weight
-      ranker = _PlanRanker(items, item_to_cluster, cases, k, implementation)
+      ranker = _PlanRanker(items, item_to_cluster, cases,
+                           _seen_in_plan(cases, item_to_cluster), k, implementation)
     ndcg[weight] = evaluation.ranking_metrics(ranker.ranks(users), (k,))[f"ndcg@{k}"]
   best = max(ndcg, key=lambda w: (ndcg[w], -w))
   return {"weight": best, f"ndcg@{k}": {str(w): v for w, v in ndcg.items()}}
@@ -229,8 +230,10 @@ def grounding_metrics(user_vectors: np.ndarray, item_vectors: np.ndarray,
   """
   item_to_cluster = np.asarray(item_to_cluster)
   _check_inputs(user_vectors, item_vectors, item_to_cluster, cases, item_counts, k)
+  seen = _seen_in_plan(cases, item_to_cluster)
+
   def plan_ranks(users, items):
-    return _PlanRanker(items, item_to_cluster, cases, k, implementation).ranks(users)
+    return _PlanRanker(items, item_to_cluster, cases, seen, k, implementation).ranks(users)
 
   # Popularity as a 1-d "embedding": every user scores item i by its count.
   ranks = {
