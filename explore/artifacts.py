@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
@@ -79,23 +79,25 @@ def replace_folder(new: Path, final: Path) -> None:
     os.replace(new, final)
 
 
-def save_artifact(
+def save_folder(
     directory: str | os.PathLike,
     kind: str,
     version: int,
-    arrays: Mapping[str, np.ndarray],
-    meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None,
+    writers: Mapping[str, Callable[[BinaryIO], None]],
 ) -> Path:
-  """Writes an artifact folder atomically; replaces an existing one only at the end."""
+  """Writes an artifact folder atomically: each `writers[name](file)` fills one payload file.
+
+  The folder is built beside `directory` and renamed into place at the end, so
+  an existing artifact is only replaced once its successor is fully on disk.
+  """
   directory = Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
   try:
-    for name, value in arrays.items():
-      if np.asarray(value).dtype == object:
-        raise ArtifactError(f"{kind}: array {name!r} has dtype object; artifacts never use pickle")
-    with open(tmp / ARRAYS_FILE, "wb") as f:
-      np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    for name, write in writers.items():
+      with open(tmp / name, "wb") as f:
+        write(f)
     full_meta = {"kind": kind, "version": version, "meta": dict(meta or {})}
     (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
     replace_folder(tmp, directory)
@@ -103,6 +105,46 @@ def save_artifact(
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
+
+
+def save_artifact(
+    directory: str | os.PathLike,
+    kind: str,
+    version: int,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+  """Writes an artifact folder (arrays.npz + meta.json) atomically."""
+  for name, value in arrays.items():
+    if np.asarray(value).dtype == object:
+      raise ArtifactError(f"{kind}: array {name!r} has dtype object; artifacts never use pickle")
+  return save_folder(directory, kind, version, meta, {
+      ARRAYS_FILE: lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})})
+
+
+def load_folder_meta(
+    directory: str | os.PathLike,
+    kind: str,
+    supported_versions: Mapping[int, str] | int,
+) -> dict[str, Any]:
+  """The free metadata of an artifact folder, after checking its kind and version."""
+  return _read_header(Path(directory), kind, supported_versions)[0]
+
+
+def _read_header(directory: Path, kind: str, supported_versions: Mapping[int, str] | int
+                 ) -> tuple[dict[str, Any], int]:
+  header = read_json(directory / META_FILE)
+  if header.get("kind") != kind:
+    raise ArtifactError(f"{directory}: expected a {kind!r} artifact, found {header.get('kind')!r}")
+  version = header.get("version")
+  if isinstance(supported_versions, int):
+    supported_versions = {supported_versions: "current"}
+  if version not in supported_versions:
+    known = ", ".join(f"v{v}: {note}" for v, note in sorted(supported_versions.items()))
+    raise ArtifactError(
+        f"{directory}: {kind} artifact has format version {version}, this code reads {known}; "
+        "re-run the stage that writes it (explore <stage> --force)")
+  return header.get("meta", {}), version
 
 
 def load_artifact(
@@ -122,23 +164,13 @@ def load_artifact(
     (arrays, meta, version).
   """
   directory = Path(directory)
-  header = read_json(directory / META_FILE)
-  if header.get("kind") != kind:
-    raise ArtifactError(f"{directory}: expected a {kind!r} artifact, found {header.get('kind')!r}")
-  version = header.get("version")
-  if isinstance(supported_versions, int):
-    supported_versions = {supported_versions: "current"}
-  if version not in supported_versions:
-    known = ", ".join(f"v{v}: {note}" for v, note in sorted(supported_versions.items()))
-    raise ArtifactError(
-        f"{directory}: {kind} artifact has format version {version}, this code reads {known}; "
-        "re-run the stage that writes it (explore <stage> --force)")
+  meta, version = _read_header(directory, kind, supported_versions)
   try:
     with np.load(directory / ARRAYS_FILE, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except FileNotFoundError:
     raise ArtifactError(f"{directory}: {ARRAYS_FILE} is missing") from None
-  return arrays, header.get("meta", {}), version
+  return arrays, meta, version
 
 
 def artifact_size_bytes(path: str | os.PathLike) -> int:
