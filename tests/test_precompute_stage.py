@@ -135,3 +135,20 @@ def test_bad_options_are_named():
     precompute_stage.PrecomputeOptions(num_beams=4)
   with pytest.raises(precompute_stage.PrecomputeError, match="generator='greedy'"):
     precompute_stage.PrecomputeOptions(generator="greedy")
+
+
+def test_beam_table_holds_real_novel_clusters_scored_as_the_exact_scorer(trained, tmp_path):
+  run = _run(trained, tmp_path, "beam", "PrecomputeOptions.generator = 'beam'",
+             "PrecomputeOptions.top_n = 5", "PrecomputeOptions.num_beams = 8")
+  path = run.complete_path("precompute")
+  metrics = precompute_stage.load_metrics(path)
+  assert metrics["generator"] == "beam"
+  assert metrics["validity"]["fraction_valid"] == 1.0
+  assert metrics["validity"]["fraction_history"] == 0.0
+  assert metrics["validity"]["tuples_with_repeated_cluster"] == 0
+  assert metrics["agreement"]["top1_agreement"] >= 0.95
+  table = precompute_stage.load_table(path)
+  tuples = distinct_tuples(32, 2)[::97]  # [11, 2]
+  clusters, scores = table.lookup(tuples)
+  exact = llm_stage.load_planner(run.complete_path("llm")).scores(tuples)  # [11, 32]
+  np.testing.assert_allclose(scores, np.take_along_axis(exact, clusters, axis=1), atol=2e-4)
