@@ -24,7 +24,6 @@ from the latest checkpoint. TensorFlow and seqio are never imported here.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import gin
 import numpy as np
 
 from explore import artifacts
+from explore import progress
 from explore import stages
 from explore import train
 from explore.clusters import stage as clusters_stage
@@ -143,20 +143,6 @@ def _fine_tuning_config(config: train.TrainerConfig, initial_dir: Path) -> train
         "checkpoint, so unbind initial_checkpoint_path")
   return dataclasses.replace(config, initial_checkpoint_path=str(initial_dir),
                              restore_weights_only=True)
-
-
-class _Clock:
-  """Wall and process CPU seconds of named phases (CPU time shows the stage's own cost)."""
-
-  def __init__(self):
-    self.seconds: dict[str, dict[str, float]] = {}
-
-  def start(self):
-    self._wall, self._cpu = time.perf_counter(), time.process_time()
-
-  def stop(self, name: str):
-    self.seconds[name] = {"wall": round(time.perf_counter() - self._wall, 2),
-                          "cpu": round(time.process_time() - self._cpu, 2)}
 
 
 def pretrained_inputs() -> dict[str, str]:
@@ -298,7 +284,7 @@ def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: plann
 def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   """Trains, or fine-tunes from a pretrained checkpoint, the decoder; hit@k vs the baselines."""
   options = LlmStageOptions()
-  clock = _Clock()
+  clock = progress.PhaseClock()
   clock.start()
   descriptions, transitions, transitions_path = _load_inputs(ctx)
   mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 import shutil
-import time
 from typing import Any
 
 from absl import logging
@@ -193,8 +192,8 @@ def precompute_stage(ctx: stages.StageContext) -> dict[str, Any]:
   """Runs the trained planner over every K-tuple of clusters into a lookup table."""
   import jax  # pylint: disable=g-import-not-at-top
   options = PrecomputeOptions()
-  seconds: dict[str, float] = {}
-  start = time.perf_counter()
+  clock = progress_lib.PhaseClock()
+  clock.start()
   clusters = clusters_stage.load_exploration_clusters(ctx.input_path("clusters"))
   transitions = transitions_stage.load_transitions(ctx.input_path("transitions"))
   planner = llm_stage.load_planner(ctx.input_path("llm"), _local_mesh(ctx.mesh),
@@ -207,32 +206,33 @@ def precompute_stage(ctx: stages.StageContext) -> dict[str, Any]:
   tuples = distinct_tuples(m, k)  # [T, K] in table row order
   plan = shards_lib.ShardPlan(len(tuples), options.tuples_per_shard, jax.process_count())
   fingerprints = table_fingerprints(clusters, planner.checkpoint_fingerprint)
-  seconds["load"] = round(time.perf_counter() - start, 2)
+  clock.stop("load")
 
-  start = time.perf_counter()
+  clock.start()
   resumed = len(shards_lib.finished_shards(ctx.path))
   table = _finished_table(ctx.path, fingerprints)
   ran = 0
   if table is None:
     ran = run_shards(ctx.path, plan, jax.process_index(), tuples,
                      make_generator(planner, options), options.top_n, m)
-  seconds["generate"] = round(time.perf_counter() - start, 2)
+  clock.stop("generate")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("precompute: every shard written")
   if jax.process_index() != 0:
     return {"shards_planned_here": ran}
 
-  start = time.perf_counter()
+  clock.start()
   if table is None:
     meta = {"generator": options.generator, "num_beams": options.num_beams}
     table = assemble(ctx.path, plan, tuples, m, k, options.top_n, fingerprints, meta)
-  seconds["assemble"] = round(time.perf_counter() - start, 2)
+  clock.stop("assemble")
 
-  start = time.perf_counter()
+  clock.start()
   examples, rare_max = llm_stage.load_eval_examples(ctx.input_path("llm"))
   metrics = evaluate(table, planner, transitions, examples, rare_max, tuples, options, ctx.seed)
-  seconds["evaluate"] = round(time.perf_counter() - start, 2)
+  clock.stop("evaluate")
+  seconds = clock.seconds
   metrics.update({"num_clusters": m, "k": k, "top_n": options.top_n,
                   "generator": options.generator, "num_beams": options.num_beams,
                   "tuples": int(len(tuples)), "shards": plan.num_shards,
