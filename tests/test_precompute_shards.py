@@ -96,7 +96,8 @@ def test_exact_generator_and_quality_checks():
   validity = quality.output_validity(table, tuples)
   assert validity["fraction_valid"] == 1.0 and validity["fraction_history"] == 0.0
   assert validity["tuples_with_repeated_cluster"] == 0 and validity["outputs"] == 42 * 4
-  agreement = quality.top1_agreement(table, generators.exact_top_n(_Planted(), 1), tuples)
+  exact_top1, _ = generators.exact_top_n(_Planted(), 1)(tuples)
+  agreement = quality.top1_agreement(table, tuples, exact_top1[:, 0])
   assert agreement == {"tuples": 42, "top1_agreement": 1.0}
   bad = table.clusters.copy()
   bad[tuple(tuples[0] @ [7, 1] for _ in [0])] = [tuples[0][0], 3, 3, -1]
