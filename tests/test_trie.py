@@ -34,7 +34,7 @@ def _candidates(arrays, level, prefix_nodes, exclude, log_probs=None):
   nodes = jnp.asarray([prefix_nodes], jnp.int32)  # [1, R]
   if log_probs is None:
     log_probs = jnp.zeros((1, len(prefix_nodes), VOCAB), jnp.float32)
-  allowed = arrays.allowed_leaf_counts(jnp.asarray([exclude], jnp.int32))
+  allowed = arrays.exclusion(jnp.asarray([exclude], jnp.int32))
   return jax.tree.map(np.asarray, arrays.candidates(level, log_probs, nodes, allowed))
 
 
@@ -83,8 +83,8 @@ def test_candidates_keep_the_model_log_probs_of_allowed_tokens():
 
 def test_allowed_counts_count_repeated_exclusions_once():
   arrays = trie_lib.ClusterTrie.build(PATHS, EOS, VOCAB).arrays()
-  once = arrays.allowed_leaf_counts(jnp.asarray([[0, -1, -1]]))
-  twice = arrays.allowed_leaf_counts(jnp.asarray([[0, 0, -1]]))
+  once = arrays.exclusion(jnp.asarray([[0, -1, -1]])).counts
+  twice = arrays.exclusion(jnp.asarray([[0, 0, -1]])).counts
   np.testing.assert_array_equal(once, twice)
   assert int(once[0, 0]) == len(PATHS) - 1
 

@@ -42,6 +42,7 @@ from explore.llm.sampling import constrained_sample  # pylint: disable=unused-im
 from explore.llm.sampling import per_cluster_scorer  # pylint: disable=unused-import
 from explore.llm.trie import Candidates
 from explore.llm.trie import ClusterTrie
+from explore.llm.trie import Exclusion
 from explore.llm.trie import TrieArrays
 
 
@@ -66,7 +67,8 @@ def _top(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   return jax.lax.top_k(values, k)
 
 
-def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_beams: int,
+def select_beams(scores: jax.Array, cand: Candidates, leaf_cluster: jax.Array | None,
+                 num_beams: int,
                  pool_clusters: jax.Array, pool_scores: jax.Array, finish_scale: jax.Array
                  ) -> tuple[jax.Array, ...]:
   """One beam step: the next beams and the updated pool of finished clusters.
@@ -74,7 +76,7 @@ def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_b
   Args:
     scores: [b, k] summed log-probs of the beams.
     cand: the beams' candidates, [b, k, F].
-    clusters: [b, k, F] the cluster each candidate finishes, -1 if it does not.
+    leaf_cluster: [N] the cluster a node ends, -1 on inner nodes (None: none ends).
     num_beams: beams kept per prompt.
     pool_clusters, pool_scores: [b, n] finished so far, best first.
     finish_scale: multiplies a finished summed score (1, or 1 / tokens).
@@ -87,7 +89,8 @@ def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_b
   top_scores, index = _top(total, 2 * num_beams)  # [b, 2k]; at most k of them finish
   index = jnp.minimum(index, k * f - 1)
   pick = lambda x: jnp.take_along_axis(x.reshape(b, k * f), index, axis=1)  # [b, 2k]
-  finished = pick(clusters)  # [b, 2k]
+  finished = (jnp.full(index.shape, -1, jnp.int32) if leaf_cluster is None
+              else leaf_cluster[pick(cand.nodes)])  # [b, 2k]
   ends = (finished >= 0) & jnp.isfinite(top_scores)
   merged = jnp.concatenate([pool_scores, jnp.where(ends, top_scores * finish_scale, -jnp.inf)], 1)
   pool_scores, at = jax.lax.top_k(merged, pool_scores.shape[1])  # [b, n]
@@ -101,7 +104,7 @@ def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_b
 
 
 def _beam_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, beams: _Beams,
-               prompt_lengths: jax.Array, allowed: jax.Array, length_normalize: bool) -> _Beams:
+               prompt_lengths: jax.Array, allowed: Exclusion, length_normalize: bool) -> _Beams:
   """Advances every beam by one token at trie `level` (static; `step` is its index)."""
   cache, log_probs = beams.cache, beams.log_probs
   if level > 0:  # feed the tokens the last step chose; level 0 reads the prefill
@@ -110,7 +113,7 @@ def _beam_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, be
   cand = trie.candidates(level, log_probs, beams.nodes, allowed)  # [b, k, F]
   scale = 1.0 / (step + 1).astype(jnp.float32) if length_normalize else jnp.float32(1.0)
   scores, parents, tokens, nodes, pool_clusters, pool_scores = select_beams(
-      beams.scores, cand, trie.leaf_cluster[cand.nodes], beams.nodes.shape[1],
+      beams.scores, cand, trie.leaf_cluster, beams.nodes.shape[1],
       beams.pool_clusters, beams.pool_scores, scale)
   return _Beams(cache=cache, log_probs=log_probs, nodes=nodes, scores=scores, parents=parents,
                 tokens=tokens, pool_clusters=pool_clusters, pool_scores=pool_scores)
@@ -138,7 +141,7 @@ def beam_search_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array,
       parents=jnp.broadcast_to(jnp.arange(k), (b, k)), tokens=jnp.zeros((b, k), jnp.int32),
       pool_clusters=jnp.full((b, top_n), -1, jnp.int32),
       pool_scores=jnp.full((b, top_n), -jnp.inf, jnp.float32))
-  allowed = trie.allowed_leaf_counts(exclude)  # [b, N]
+  allowed = trie.exclusion(exclude)
   step = lambda level, i, state: _beam_step(model, trie, level, i, state, prompt_lengths,
                                             allowed, length_normalize)
   stop = _improvable if early_stop and not length_normalize else None
@@ -165,7 +168,7 @@ def full_vocab_beam_search_chunk(model: Decoder, prompts: jax.Array, prompt_leng
     cand = Candidates(tokens=jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (b, k, v)),
                       log_probs=log_probs, nodes=jnp.zeros((b, k, v), jnp.int32))
     scores, parents, tokens, _, _, _ = select_beams(
-        scores, cand, jnp.full((b, k, v), -1, jnp.int32), k, *no_pool, jnp.float32(1.0))
+        scores, cand, None, k, *no_pool, jnp.float32(1.0))
     history = jnp.take_along_axis(history, parents[..., None], axis=1)  # [b, k, T]
     return scores, parents, tokens, history.at[:, :, step].set(tokens)
 

@@ -26,6 +26,7 @@ from explore.llm.decode_steps import run_levels
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import KVCache
 from explore.llm.trie import ClusterTrie
+from explore.llm.trie import Exclusion
 from explore.llm.trie import TrieArrays
 
 
@@ -41,7 +42,7 @@ class _Samples:
 
 
 def _sample_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, s: _Samples,
-                 prompt_lengths: jax.Array, allowed: jax.Array, temperature: float) -> _Samples:
+                 prompt_lengths: jax.Array, allowed: Exclusion, temperature: float) -> _Samples:
   """Draws every unfinished sample's next token among the allowed ones."""
   cache, log_probs = s.cache, s.log_probs
   if level > 0:
@@ -69,7 +70,7 @@ def sample_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array, prompt_le
       log_probs=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])),
       nodes=jnp.zeros((b, n), jnp.int32), tokens=jnp.zeros((b, n), jnp.int32),
       totals=jnp.zeros((b, n), jnp.float32), clusters=jnp.full((b, n), -1, jnp.int32), key=key)
-  allowed = trie.allowed_leaf_counts(exclude)  # [b, N]
+  allowed = trie.exclusion(exclude)
   step = lambda level, i, state: _sample_step(model, trie, level, i, state, prompt_lengths,
                                               allowed, temperature)
   samples = run_levels(trie, samples, step, lambda state: jnp.any(state.clusters < 0))
