@@ -1,6 +1,6 @@
 """Benchmark of cluster-restricted top-k retrieval: dense vs cluster-contiguous.
 
-Times each implementation of `explore.seqrec.RestrictedRetriever` on one batch
+Times each implementation of `explore.retrieval.RestrictedRetriever` on one batch
 (median over repeats, after warm-up, with `jax.block_until_ready`), prints a
 table next to the FLOP and byte floors of the restricted problem on this device
 (rates measured here), checks every implementation against a numpy brute force
@@ -11,7 +11,7 @@ everything as JSON to --out.
   python3 bench/retrieval.py --size=gpu --out=$OUT/retrieval.json
   PYTHONUNBUFFERED=1 python3 bench/retrieval.py --gpu_plan --out=$OUT/retrieval.json
 
-Imports neither TensorFlow nor seqio; `explore.seqrec` needs gin-config, except
+Imports neither TensorFlow nor seqio; `explore.retrieval` needs gin-config, except
 with --gpu_plan, which loads only the retrieval modules (no gin, no flax): it
 times the candidate pipelines of `retrieval_stages.PLAN_VARIANTS` at the GPU
 shape in one go and checks each exactly against the dense path.
@@ -84,12 +84,12 @@ def parse_args(argv):
 
 
 def import_without_package_inits(repo_root: pathlib.Path) -> None:
-  """Makes `explore.seqrec.<module>` importable without running `explore/seqrec/__init__.py`.
+  """Makes `explore.retrieval.<module>` importable without running `explore/retrieval/__init__.py`.
 
   That file imports the whole recommender (gin-config, flax); the retrieval
   modules need only jax and numpy, which is all the GPU image is sure to have.
   """
-  for name in ("explore", "explore.seqrec"):
+  for name in ("explore", "explore.retrieval"):
     if name not in sys.modules:
       package = types.ModuleType(name)
       package.__path__ = [str(repo_root.joinpath(*name.split(".")))]
@@ -109,8 +109,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from explore.seqrec.cluster_layout import ClusterLayout
-from explore.seqrec.topk_ops import brute_force_top_k
+from explore.retrieval.cluster_layout import ClusterLayout
+from explore.retrieval.topk_ops import brute_force_top_k
 from retrieval_stages import PLAN_VARIANTS
 from retrieval_stages import PallasStages
 from retrieval_stages import pipelined_seconds
@@ -187,7 +187,7 @@ def variant_options(name: str) -> dict:
 
 
 def make_retriever(name, items, layout):
-  from explore.seqrec import RestrictedRetriever  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import RestrictedRetriever  # pylint: disable=g-import-not-at-top
   if name in PALLAS_VARIANTS:
     return RestrictedRetriever(items, layout, implementation="pallas",
                                pallas_options=variant_options(name), interpret=ARGS.interpret)

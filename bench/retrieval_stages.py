@@ -1,6 +1,6 @@
 """Timing helpers and the Pallas path cut into steps, for bench/retrieval.py.
 
-Each step of `explore.seqrec.pallas_topk.pallas_top_k` is jitted alone on the
+Each step of `explore.retrieval.pallas_topk.pallas_top_k` is jitted alone on the
 benchmark batch, so its time can be read next to XLA's alternative; the sweeps
 time each kernel's options and check their outputs against the default's.
 
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from explore.seqrec import contiguous_retrieval
+from explore.retrieval import contiguous_retrieval
 
 
 def time_call(fn, warmup: int, repeats: int) -> list[float]:
@@ -86,9 +86,9 @@ class PallasStages:
   """The Pallas path cut into its steps, on the timed batch, to see where time goes."""
 
   def __init__(self, items, layout, users, chosen, k, options, interpret=False):
-    from explore.seqrec import RestrictedRetriever  # pylint: disable=g-import-not-at-top
-    from explore.seqrec import pallas_score  # pylint: disable=g-import-not-at-top
-    from explore.seqrec import pallas_select  # pylint: disable=g-import-not-at-top
+    from explore.retrieval import RestrictedRetriever  # pylint: disable=g-import-not-at-top
+    from explore.retrieval import pallas_score  # pylint: disable=g-import-not-at-top
+    from explore.retrieval import pallas_select  # pylint: disable=g-import-not-at-top
     self.pallas_score, self.pallas_select = pallas_score, pallas_select
     self.interpret = interpret
     self.options = options
@@ -121,7 +121,7 @@ class PallasStages:
 
     @jax.jit
     def candidates(values, columns, pair_row, start):
-      from explore.seqrec import topk_ops  # pylint: disable=g-import-not-at-top
+      from explore.retrieval import topk_ops  # pylint: disable=g-import-not-at-top
       cand = jnp.where((pair_row >= 0)[:, :, None], values.reshape(num_users, per_user, kk),
                        -jnp.inf)
       first = start[jnp.maximum(pair_row, 0) // per_tile]
@@ -148,7 +148,7 @@ class PallasStages:
     return lambda: select(self.scores, self.rows)
 
   def merge_fn(self, how, chunk=32, warps=4):
-    from explore.seqrec import topk_ops  # pylint: disable=g-import-not-at-top
+    from explore.retrieval import topk_ops  # pylint: disable=g-import-not-at-top
     if how == "sort":
       merge = jax.jit(lambda s, i: topk_ops.merge_candidates(s, i, self.k))
     else:
@@ -249,9 +249,9 @@ def plan_search(implementation, item_table, layout, table_dtype, options, k, int
   with validate=False.
   """
   import functools  # pylint: disable=g-import-not-at-top
-  from explore.seqrec import laid_table  # pylint: disable=g-import-not-at-top
-  from explore.seqrec import pallas_fused  # pylint: disable=g-import-not-at-top
-  from explore.seqrec import pallas_topk  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import laid_table  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import pallas_fused  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import pallas_topk  # pylint: disable=g-import-not-at-top
   options = dict(options)
   block = options.setdefault("block_items", 128)
   options.setdefault("dot_precision", "highest" if interpret else "tf32x3")
@@ -280,8 +280,8 @@ def _same(result, reference) -> bool:
 
 def fused_steps(items, layout, users, chosen, k, table_dtype, options, interpret) -> dict:
   """The fused path's three steps, each jitted alone: grouping, the kernel, the merge."""
-  from explore.seqrec import laid_table  # pylint: disable=g-import-not-at-top
-  from explore.seqrec import pallas_fused  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import laid_table  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import pallas_fused  # pylint: disable=g-import-not-at-top
   options = dict(options)
   block = options.pop("block_items", 128)
   laid, width = laid_table.lay_out_table(items, layout, width_multiple=block,
@@ -319,8 +319,8 @@ def run_gpu_plan(problem, record, save, *, names, interpret, warmup, repeats, bu
   numpy brute force `references["seen"]`).
   """
   import tempfile  # pylint: disable=g-import-not-at-top
-  from explore.seqrec import dense_retrieval  # pylint: disable=g-import-not-at-top
-  from explore.seqrec import laid_table  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import dense_retrieval  # pylint: disable=g-import-not-at-top
+  from explore.retrieval import laid_table  # pylint: disable=g-import-not-at-top
   started = time.perf_counter()
   try:  # so that reading a variant's compiled HLO reuses its executable, not a recompile
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="retrieval_plan_"))

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from explore.seqrec import ClusterLayout
-from explore.seqrec import RestrictedRetriever
-from explore.seqrec import RetrievalInputError
-from explore.seqrec import brute_force_top_k
-from explore.seqrec import contiguous_retrieval
-from explore.seqrec import restricted_top_k
+from explore.retrieval import ClusterLayout
+from explore.retrieval import RestrictedRetriever
+from explore.retrieval import RetrievalInputError
+from explore.retrieval import brute_force_top_k
+from explore.retrieval import contiguous_retrieval
+from explore.retrieval import restricted_top_k
 
 IMPLEMENTATIONS = {
     "dense": {},

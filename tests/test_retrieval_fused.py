@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from explore.seqrec import RestrictedRetriever
-from explore.seqrec import RetrievalInputError
-from explore.seqrec import brute_force_top_k
-from explore.seqrec import pallas_fused
-from explore.seqrec import pallas_select
-from explore.seqrec import pallas_topk
-from explore.seqrec import restricted_top_k
+from explore.retrieval import RestrictedRetriever
+from explore.retrieval import RetrievalInputError
+from explore.retrieval import brute_force_top_k
+from explore.retrieval import pallas_fused
+from explore.retrieval import pallas_select
+from explore.retrieval import pallas_topk
+from explore.retrieval import restricted_top_k
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

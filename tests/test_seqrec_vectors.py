@@ -5,7 +5,7 @@ import pytest
 
 from explore import artifacts
 from explore.seqrec import vectors as vectors_lib
-from explore.seqrec.retrieval import RestrictedRetriever
+from explore.retrieval.restricted import RestrictedRetriever
 
 
 def test_with_prior_adds_the_weighted_prior_to_every_dot_product():

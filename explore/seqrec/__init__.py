@@ -1,20 +1,8 @@
-"""Sequence recommender and item retrieval restricted to chosen interest clusters."""
+"""The sequence recommender: its model, training, item vectors and grounding.
 
-from explore.seqrec.cluster_layout import ClusterLayout
-from explore.seqrec.cluster_layout import RetrievalInputError
-from explore.seqrec.retrieval import IMPLEMENTATIONS
-from explore.seqrec.retrieval import RestrictedRetriever
-from explore.seqrec.retrieval import restricted_top_k
-from explore.seqrec.topk_ops import brute_force_top_k
+Retrieval restricted to chosen clusters lives in `explore.retrieval`.
+"""
 
-__all__ = [
-    "ClusterLayout",
-    "IMPLEMENTATIONS",
-    "RestrictedRetriever",
-    "RetrievalInputError",
-    "brute_force_top_k",
-    "restricted_top_k",
-]
 from explore.seqrec.data import encode_histories
 from explore.seqrec.data import leave_last_out
 from explore.seqrec.data import user_sequences
@@ -34,7 +22,7 @@ from explore.seqrec.vectors import SeqRecVectors
 from explore.seqrec.vectors import popularity_prior
 from explore.seqrec.vectors import with_prior
 
-__all__ += [
+__all__ = [
     "SeqRecConfig", "SeqRecModel", "SeqRecTask", "SeqRecTraining", "SeqRecVectors",
     "SoftmaxConfig", "build_model", "encode_histories", "fit", "grounding_cases",
     "grounding_metrics", "leave_last_out", "popularity_prior",

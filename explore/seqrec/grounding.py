@@ -38,7 +38,7 @@ import numpy as np
 
 from explore.seqrec import evaluation
 from explore.seqrec.data import PAD, LeaveLastOutSplit, ranking_examples
-from explore.seqrec.retrieval import RestrictedRetriever
+from explore.retrieval.restricted import RestrictedRetriever
 from explore.seqrec.vectors import popularity_prior, with_prior
 
 

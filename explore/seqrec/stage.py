@@ -39,7 +39,7 @@ from explore.seqrec import grounding as grounding_lib
 from explore.seqrec import training as training_lib
 from explore.seqrec import vectors as vectors_lib
 from explore.seqrec.model import SeqRecConfig, SeqRecModel, build_model
-from explore.seqrec.retrieval import IMPLEMENTATIONS
+from explore.retrieval.restricted import IMPLEMENTATIONS
 from explore.seqrec.task import SoftmaxConfig
 from explore.seqrec.vectors import SeqRecVectors
 

@@ -2,7 +2,7 @@
 
 Scoring item i for user u is the dot product user_vectors[u] . item_vectors[i]
 (the model's output layer), so these two tables are all that restricted top-k
-retrieval (`explore.seqrec.retrieval`) needs. User vectors read each user's
+retrieval (`explore.retrieval.restricted`) needs. User vectors read each user's
 newest `max_len` items of the *whole* log (validation and test items included):
 the state a served recommender would be in after the log ends.
 

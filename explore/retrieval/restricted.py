@@ -47,11 +47,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from explore.seqrec import contiguous_retrieval
-from explore.seqrec import dense_retrieval
-from explore.seqrec import laid_table
-from explore.seqrec import topk_ops
-from explore.seqrec.cluster_layout import ClusterLayout, RetrievalInputError
+from explore.retrieval import contiguous_retrieval
+from explore.retrieval import dense_retrieval
+from explore.retrieval import laid_table
+from explore.retrieval import topk_ops
+from explore.retrieval.cluster_layout import ClusterLayout, RetrievalInputError
 
 IMPLEMENTATIONS = ("dense", "contiguous", "sharded", "pallas", "pallas_fused")
 PALLAS_IMPLEMENTATIONS = ("pallas", "pallas_fused")
@@ -205,11 +205,11 @@ class RestrictedRetriever:
       self._arrays = tuple(laid)  # items [N + W, d'], order [N + W], positions, offsets
       static.update(slab_width=width, users_per_tile=users_per_tile)
       if implementation == "pallas":
-        from explore.seqrec import pallas_topk  # pylint: disable=g-import-not-at-top
+        from explore.retrieval import pallas_topk  # pylint: disable=g-import-not-at-top
         fn = pallas_topk.pallas_top_k
         static.update(interpret=interpret, **options)
       elif implementation == "pallas_fused":
-        from explore.seqrec import pallas_fused  # pylint: disable=g-import-not-at-top
+        from explore.retrieval import pallas_fused  # pylint: disable=g-import-not-at-top
         fn = pallas_fused.fused_top_k
         static.update(interpret=interpret, **options)
       else:

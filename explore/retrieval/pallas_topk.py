@@ -26,10 +26,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from explore.seqrec import contiguous_retrieval
-from explore.seqrec import pallas_score
-from explore.seqrec import pallas_select
-from explore.seqrec import topk_ops
+from explore.retrieval import contiguous_retrieval
+from explore.retrieval import pallas_score
+from explore.retrieval import pallas_select
+from explore.retrieval import topk_ops
 
 DOT_PRECISIONS = pallas_score.DOT_PRECISIONS
 

@@ -23,7 +23,7 @@ Register budget: a program holds T x W int32 keys (16 x 1152 = 74 KB at the
 GPU shape), so it runs 8 warps by default (72 registers per thread for them).
 Programs of unused tiles exit at once (`skip_empty`).
 
-Result semantics are those of `retrieval.py` (and exactly the same ids and
+Result semantics are those of `restricted.py` (and exactly the same ids and
 scores as "contiguous" and "pallas" wherever the dot products are exact).
 """
 
@@ -36,10 +36,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from explore.seqrec import contiguous_retrieval
-from explore.seqrec import pallas_score
-from explore.seqrec import pallas_select
-from explore.seqrec import topk_ops
+from explore.retrieval import contiguous_retrieval
+from explore.retrieval import pallas_score
+from explore.retrieval import pallas_select
+from explore.retrieval import topk_ops
 
 _SQUEEZED = getattr(pl, "squeezed", None)  # a squeezed block dimension
 DOT_PRECISIONS = pallas_score.DOT_PRECISIONS

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from explore.seqrec import topk_ops
+from explore.retrieval import topk_ops
 
 _SQUEEZED = getattr(pl, "squeezed", None)  # a squeezed block dimension
 # Matmul algorithms of the score kernels. "tf32x3" (three TF32 tensor-core

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from explore.seqrec import topk_ops
+from explore.retrieval import topk_ops
 
 
 class TileGroups(NamedTuple):

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from explore.seqrec.cluster_layout import ClusterLayout, RetrievalInputError
-from explore.seqrec.topk_ops import NO_ITEM
+from explore.retrieval.cluster_layout import ClusterLayout, RetrievalInputError
+from explore.retrieval.topk_ops import NO_ITEM
 TABLE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from explore.seqrec import topk_ops
+from explore.retrieval import topk_ops
 
 
 def _masked_scores(user_vectors, item_table, item_cluster, chosen_clusters, seen_columns,
