@@ -76,13 +76,14 @@ class ClusterPlanner:
   def plan(self, history: ClusterHistory, width: int) -> Plan:
     """The first `width` novel clusters of every row (see the module docstring)."""
     b, k = history.recent.shape
-    n = self.table.top_n
+    n = max(self.table.top_n, width)
     candidates = np.full((b, n), NO_CLUSTER, np.int32)  # [B, n]
     scores = np.zeros((b, n), np.float32)
     source = np.full((b, n), NO_SOURCE, np.int8)
     full = np.flatnonzero(history.num_recent == k)
     if len(full):
-      candidates[full], scores[full] = self.table.lookup(history.recent[full])
+      top = self.table.top_n
+      candidates[full, :top], scores[full, :top] = self.table.lookup(history.recent[full])
       source[full] = TABLE
     for row in np.flatnonzero((history.num_recent > 0) & (history.num_recent < k)):
       ids, points = self.suffix_plan(history.recent[row, k - history.num_recent[row]:])
