@@ -113,22 +113,29 @@ def time_single(explorer, calls: int, seed: int = 0) -> dict[str, dict]:
 
 
 def time_batch(explorer, batch: int, batches: int, seed: int = 0) -> dict[str, dict]:
-  """Throughput of batch calls on random logged users (and their histories)."""
+  """Throughput of batch calls on random logged users (and their histories, re-encoded).
+
+  "explore_only" asks for exploration items only (n_regular=0), which skips the
+  regular slate's scan of the whole catalog.
+  """
   rng = np.random.default_rng(seed)
   out = {}
-  for name in ("recommend_users", "recommend_batch"):
+  for name, method, sizes in (("recommend_users", "recommend_users", {}),
+                              ("recommend_users explore_only", "recommend_users",
+                               {"n_regular": 0}),
+                              ("recommend_batch", "recommend_batch", {})):
     rows = [explorer.users.ids[rng.integers(0, len(explorer.users), batch)]
             for _ in range(batches + 1)]
-    if name == "recommend_batch":
+    if method == "recommend_batch":
       rows = [[explorer.user_history(u) for u in r] for r in rows]
-    call = getattr(explorer, name)
-    call(rows[0])  # warm-up
+    call = getattr(explorer, method)
+    call(rows[0], **sizes)  # warm-up
     start = time.perf_counter()
     for r in rows[1:]:
-      call(r)
+      call(r, **sizes)
     seconds = time.perf_counter() - start
     out[name] = {"users_per_s": round(batch * batches / seconds), "batch": batch,
-                 "batches": batches}
+                 "batches": batches, **sizes}
   return out
 
 

@@ -147,7 +147,10 @@ class Explorer:
     ids = ids.reshape(b, c, per_cluster)
     explore_ids, explore_scores, explore_clusters = slate_lib.round_robin(
         ids, scores, plan.clusters, n_explore)
-    regular_scores, regular_ids = self._regular(users, seen, n_regular + n_explore)
+    if n_regular:
+      regular_scores, regular_ids = self._regular(users, seen, n_regular + n_explore)
+    else:  # exploration only: skip the full-catalog scan
+      regular_scores, regular_ids = np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int32)
     mixed = slate_lib.mix(explore_ids, regular_ids, regular_scores, n_regular)
     return SlateBatch(np.asarray(user_rows, np.int64), batch.lengths, history.recent, plan,
                       ids, scores, explore_ids, explore_scores, explore_clusters, mixed)

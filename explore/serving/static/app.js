@@ -50,6 +50,7 @@ async function recommend(query) {
   const response = await fetch(`/api/recommend?${new URLSearchParams(query)}`);
   const data = await response.json();
   if (!response.ok) {
+    console.error(`explore: HTTP ${response.status}: ${data.error}`);
     $("status").textContent = `error: ${data.error}`;
     $("status").className = "error";
     return;
