@@ -1,4 +1,4 @@
-"""Rate and ETA logging for long loops (through absl logging, process 0 only)."""
+"""Rate and ETA logging for long loops (through absl logging, process 0 only); phase timing."""
 
 from __future__ import annotations
 
@@ -62,3 +62,21 @@ def _format_seconds(seconds: float) -> str:
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)
   return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class PhaseClock:
+  """Wall and process CPU seconds of named phases.
+
+  CPU time shows a stage's own cost on a busy machine, where wall time also
+  counts the waits behind other processes.
+  """
+
+  def __init__(self):
+    self.seconds: dict[str, dict[str, float]] = {}
+
+  def start(self):
+    self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+  def stop(self, name: str):
+    self.seconds[name] = {"wall": round(time.perf_counter() - self._wall, 2),
+                          "cpu": round(time.process_time() - self._cpu, 2)}

@@ -21,7 +21,7 @@ which stops long descriptions from being penalised for their length.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from flax import nnx
 import jax
@@ -31,6 +31,7 @@ import numpy as np
 from explore import partitioning
 from explore.llm import features
 from explore.llm.decoder import Decoder
+from explore.llm.decoder import KVCache
 
 
 class ScoringError(ValueError):
@@ -51,20 +52,32 @@ def pad_token_lists(token_lists: Sequence[Sequence[int]], name: str
   return tokens, lengths
 
 
+def prefill(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array, extra_slots: int,
+            bos_id: int = features.BOS_ID) -> tuple[jax.Array, KVCache]:
+  """Encodes right-padded prompts into a fresh cache with `extra_slots` free slots.
+
+  Decoder inputs are the targets shifted right: BOS, then prompt + EOS, so
+  the logits at the prompt's EOS predict the first output token. Returns
+  ([b, V] float32 log-probabilities of that token, the cache, whose slots
+  P + 1 .. P + extra_slots hold the outputs; output token i of row r sits at
+  position prompt_lengths[r] + 1 + i).
+  """
+  b, p = prompts.shape
+  inputs = jnp.concatenate([jnp.full((b, 1), bos_id, prompts.dtype), prompts], 1)  # [b, P + 1]
+  real = jnp.arange(p + 1)[None, :] <= prompt_lengths[:, None]  # [b, P + 1]
+  cache = model.init_cache(b, p + 1 + extra_slots, dtype=jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(p + 1), (b, p + 1))
+  logits, cache = model.decode(inputs, cache, positions, padding_mask=real)  # [b, P + 1, V]
+  return jax.nn.log_softmax(logits[jnp.arange(b), prompt_lengths]), cache
+
+
 def _score_chunk(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array,
                  candidates: jax.Array, candidate_lengths: jax.Array,
                  length_normalize: bool, bos_id: int = features.BOS_ID) -> jax.Array:
   """[b, M] log P(candidate + EOS | prompt) for a chunk of prompts (see `CandidateScorer`)."""
-  b, p = prompts.shape
+  b, _ = prompts.shape
   m, t = candidates.shape
-  # Decoder inputs are the targets shifted right: BOS, then prompt + EOS.
-  inputs = jnp.concatenate([jnp.full((b, 1), bos_id, prompts.dtype), prompts], 1)
-  real = jnp.arange(p + 1)[None, :] <= prompt_lengths[:, None]  # [b, P + 1]
-  cache = model.init_cache(b, p + t, dtype=jnp.float32)
-  positions = jnp.broadcast_to(jnp.arange(p + 1), (b, p + 1))
-  logits, cache = model.decode(inputs, cache, positions, padding_mask=real)  # [b, P + 1, V]
-  # The logits at the prompt's EOS predict the candidate's first token.
-  first = jax.nn.log_softmax(logits[jnp.arange(b), prompt_lengths])  # [b, V]
+  first, cache = prefill(model, prompts, prompt_lengths, t - 1, bos_id)  # [b, V]
   scores = first[:, candidates[:, 0]]  # [b, M]
   if t > 1:
     rows = jnp.repeat(jnp.arange(b), m)  # [b * M], prompt of each (prompt, candidate) row
@@ -113,53 +126,88 @@ class CandidateScorer:
     m = len(candidates)
     graphdef, state = nnx.split(model)
     self._state = state
-    mesh = _state_mesh(state)
-    shards = 1
-    jit_kwargs = {}
-    if mesh is not None and mesh.size > 1:
-      # [chunk, ...] inputs and the [chunk, M] output split over the batch axes;
-      # the model state keeps the shardings it already has.
-      rows = partitioning.batch_sharding(mesh, ndim=2)
-      lengths = partitioning.batch_sharding(mesh, ndim=1)
-      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      shards = _batch_shards(rows)
-      state_shardings = jax.tree.map(lambda x: getattr(x, "sharding", replicated), state)
-      jit_kwargs = dict(in_shardings=(state_shardings, rows, lengths,
-                                      replicated, replicated), out_shardings=rows)
-    chunk = prompts_per_chunk or max(1, 2048 // m)
-    self.prompts_per_chunk = -(-chunk // shards) * shards
 
     def score(state, prompts, prompt_lengths, cands, cand_lengths):
       return _score_chunk(nnx.merge(graphdef, state), prompts, prompt_lengths, cands,
                           cand_lengths, length_normalize, int(bos_id))
 
-    self._score = jax.jit(score, **jit_kwargs)
+    # [chunk, ...] inputs and the [chunk, M] output split over the batch axes.
+    self._score, shards = data_parallel_jit(score, state, in_ndims=(2, 1, None, None),
+                                            out_ndims=2)
+    chunk = prompts_per_chunk or max(1, 2048 // m)
+    self.prompts_per_chunk = -(-chunk // shards) * shards
 
   def __call__(self, prompts: np.ndarray, prompt_lengths: np.ndarray) -> np.ndarray:
     """[n, M] float32 scores of every candidate after each of n prompts ([n, P], [n])."""
-    prompts = np.asarray(prompts, np.int32)
-    prompt_lengths = np.asarray(prompt_lengths, np.int32)
-    n = len(prompts)
-    if prompts.ndim != 2 or prompt_lengths.shape != (n,):
-      raise ScoringError(f"prompts must be [n, P] with lengths [n], got {prompts.shape} "
-                         f"and {prompt_lengths.shape}")
-    if n and (prompt_lengths.min() < 1 or prompt_lengths.max() > prompts.shape[1]):
-      raise ScoringError(f"prompt lengths must be in [1, {prompts.shape[1]}]")
-    c = self.prompts_per_chunk
-    out = np.zeros((n, len(self.candidates)), np.float32)
-    for start in range(0, n, c):
-      chunk = prompts[start:start + c]
-      lengths = prompt_lengths[start:start + c]
-      real = len(chunk)
-      if real < c:  # pad the last chunk: one compiled shape
-        chunk = np.concatenate([chunk, np.repeat(chunk[:1], c - real, 0)])
-        lengths = np.concatenate([lengths, np.repeat(lengths[:1], c - real)])
-      scores = self._score(self._state, chunk, lengths, self.candidates, self.candidate_lengths)
-      out[start:start + real] = np.asarray(scores)[:real]
+    prompts, prompt_lengths = check_prompts(prompts, prompt_lengths)
+    if not len(prompts):
+      return np.zeros((0, len(self.candidates)), np.float32)
+    (out,) = run_in_chunks(
+        lambda chunk, lengths: (self._score(self._state, chunk, lengths, self.candidates,
+                                            self.candidate_lengths),),
+        (prompts, prompt_lengths), self.prompts_per_chunk)
     return out
 
 
-def _state_mesh(state) -> jax.sharding.Mesh | None:
+def check_prompts(prompts: np.ndarray, prompt_lengths: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """int32 ([n, P] prompts, [n] lengths in [1, P]); ScoringError naming what is wrong."""
+  prompts = np.asarray(prompts, np.int32)
+  prompt_lengths = np.asarray(prompt_lengths, np.int32)
+  n = len(prompts)
+  if prompts.ndim != 2 or prompt_lengths.shape != (n,):
+    raise ScoringError(f"prompts must be [n, P] with lengths [n], got {prompts.shape} "
+                       f"and {prompt_lengths.shape}")
+  if n and (prompt_lengths.min() < 1 or prompt_lengths.max() > prompts.shape[1]):
+    raise ScoringError(f"prompt lengths must be in [1, {prompts.shape[1]}]")
+  return prompts, prompt_lengths
+
+
+def data_parallel_jit(fn, state, in_ndims: Sequence[int | None], out_ndims
+                      ) -> tuple[Callable, int]:
+  """`jax.jit(fn)` data parallel over the mesh `state` (fn's first argument) lives on.
+
+  `in_ndims[i]` is the rank of the (i + 1)-th argument when its leading
+  dimension is the batch (split over the mesh's batch axes), None for an
+  argument replicated on every device (a pytree is allowed); `out_ndims` is
+  the same for the output (an int or a tuple of ints). The state keeps the
+  shardings it has. Returns (jitted fn, how many pieces the batch is split in:
+  chunk sizes must be a multiple of it); a plain jit and 1 off a mesh.
+  """
+  mesh = state_mesh(state)
+  if mesh is None or mesh.size <= 1:
+    return jax.jit(fn), 1
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = lambda ndim: (replicated if ndim is None
+                       else partitioning.batch_sharding(mesh, ndim=ndim))
+  state_shardings = jax.tree.map(lambda x: getattr(x, "sharding", replicated), state)
+  out = (rows(out_ndims) if isinstance(out_ndims, int) else tuple(map(rows, out_ndims)))
+  jitted = jax.jit(fn, in_shardings=(state_shardings,) + tuple(map(rows, in_ndims)),
+                   out_shardings=out)
+  return jitted, batch_shards(partitioning.batch_sharding(mesh, ndim=1))
+
+
+def run_in_chunks(call: Callable[..., tuple], arrays: Sequence[np.ndarray], chunk: int
+                  ) -> list[np.ndarray]:
+  """Runs `call` on `chunk` rows of `arrays` at a time (one compiled shape) and joins the rows.
+
+  The last chunk is padded with copies of its first row; `call` returns a
+  tuple of [chunk, ...] arrays, whose real rows are concatenated.
+  """
+  n = len(arrays[0])
+  parts: list[list[np.ndarray]] = []
+  for start in range(0, n, chunk):
+    pieces = [a[start:start + chunk] for a in arrays]
+    real = len(pieces[0])
+    if real < chunk:
+      pieces = [np.concatenate([p, np.repeat(p[:1], chunk - real, 0)]) for p in pieces]
+    parts.append([np.asarray(out)[:real] for out in call(*pieces)])
+  if not parts:
+    raise ScoringError("run_in_chunks: no rows given")
+  return [np.concatenate(column) for column in zip(*parts)]
+
+
+def state_mesh(state) -> jax.sharding.Mesh | None:
   """The mesh a model state is placed on, None for single-device or host state."""
   for leaf in jax.tree.leaves(state):
     sharding = getattr(leaf, "sharding", None)
@@ -168,7 +216,7 @@ def _state_mesh(state) -> jax.sharding.Mesh | None:
   return None
 
 
-def _batch_shards(sharding: jax.sharding.NamedSharding) -> int:
+def batch_shards(sharding: jax.sharding.NamedSharding) -> int:
   """How many pieces a sharding splits its leading (batch) dimension into."""
   axes = sharding.spec[0] if len(sharding.spec) else None
   if axes is None:

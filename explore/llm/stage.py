@@ -10,6 +10,10 @@ source; writes into the stage folder:
                         from, and source.json (the checkpoint folder's fingerprint)
   model/                the trainer's model_dir (checkpoints, model-info.txt,
                         train/ TensorBoard scalars and metrics.jsonl)
+  planner.json          the decoder config, bos id, K and descriptions, so
+                        `load_planner` reopens the trained planner (see
+                        `explore.llm.planner`) without rerunning the stage
+  eval_examples/        the test example indices evaluated (`load_eval_examples`)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
                         and by unseen / rare / frequent test tuples; train loss
                         first / last; seconds and CPU seconds per phase
@@ -20,7 +24,6 @@ from the latest checkpoint. TensorFlow and seqio are never imported here.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ import gin
 import numpy as np
 
 from explore import artifacts
+from explore import progress
 from explore import stages
 from explore import train
 from explore.clusters import stage as clusters_stage
@@ -36,19 +40,18 @@ from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
-from explore.llm import checkpoint_tokenizer
 from explore.llm import lora
+from explore.llm import planner as planner_lib
 from explore.llm import pretrained as pretrained_lib
-from explore.llm import scoring
 from explore.llm import tokenizer as tokenizer_lib
 from explore.transitions import stage as transitions_stage
 from explore.transitions.examples import NovelTransitions, TEST, TRAIN
 from explore.transitions.task_source import format_history_prompt
 
-TOKENIZER_DIR = "tokenizer"
-TOKENIZER = "tokenizer/spm.model"
+TOKENIZER_DIR = planner_lib.TOKENIZER_DIR
+TOKENIZER = planner_lib.TOKENIZER
 PRETRAINED = "pretrained"
-MODEL = "model"
+MODEL = planner_lib.MODEL_DIR
 METRICS = "metrics.json"
 LLM = "llm"
 
@@ -97,9 +100,13 @@ def load_metrics(stage_path: Path) -> dict[str, Any]:
 
 def load_tokenizer(stage_path: Path) -> tokenizer_lib.TextTokenizer:
   """The stage's tokenizer: its trained SentencePiece model, or the checkpoint's copy."""
-  if (Path(stage_path) / TOKENIZER).exists():
-    return tokenizer_lib.Tokenizer.from_file(Path(stage_path) / TOKENIZER)
-  return checkpoint_tokenizer.load_saved_tokenizer(Path(stage_path) / TOKENIZER_DIR)
+  return planner_lib.load_tokenizer(stage_path)
+
+
+def load_planner(stage_path: Path, mesh=None, prompts_per_chunk: int | None = None
+                 ) -> planner_lib.LlmPlanner:
+  """The trained planner (decoder, tokenizer, descriptions) reopened from the stage folder."""
+  return planner_lib.LlmPlanner.load(stage_path, mesh, prompts_per_chunk)
 
 
 def _default_mesh():
@@ -115,22 +122,6 @@ def eval_examples(transitions: NovelTransitions, max_examples: int | None, seed:
     return test
   rng = np.random.default_rng(seed)
   return np.sort(rng.choice(test, size=max_examples, replace=False))
-
-
-def llm_scores(model, tokenizer: tokenizer_lib.TextTokenizer, descriptions: list[str],
-               history: np.ndarray, options: LlmStageOptions,
-               bos_id: int = features.BOS_ID) -> np.ndarray:
-  """[n, M] the decoder's score of every cluster after each history's prompt.
-
-  Scores depend only on the history tuple, so each distinct tuple is scored once.
-  """
-  tuples, inverse = np.unique(history, axis=0, return_inverse=True)  # [u, K], [n]
-  prompts = [format_history_prompt([descriptions[c] for c in row]) for row in tuples.tolist()]
-  prompt_ids = tokenizer.encode_batch(prompts, add_eos=True)
-  candidate_ids = tokenizer.encode_batch(descriptions, add_eos=True)
-  scores = scoring.score_prompts(model, prompt_ids, candidate_ids, options.length_normalize,
-                                 options.prompts_per_chunk, bos_id)  # [u, M]
-  return scores[inverse.reshape(-1)]
 
 
 def _loss_curve(history: list[dict]) -> tuple[float | None, float | None]:
@@ -154,20 +145,6 @@ def _fine_tuning_config(config: train.TrainerConfig, initial_dir: Path) -> train
                              restore_weights_only=True)
 
 
-class _Clock:
-  """Wall and process CPU seconds of named phases (CPU time shows the stage's own cost)."""
-
-  def __init__(self):
-    self.seconds: dict[str, dict[str, float]] = {}
-
-  def start(self):
-    self._wall, self._cpu = time.perf_counter(), time.process_time()
-
-  def stop(self, name: str):
-    self.seconds[name] = {"wall": round(time.perf_counter() - self._wall, 2),
-                          "cpu": round(time.process_time() - self._cpu, 2)}
-
-
 def pretrained_inputs() -> dict[str, str]:
   """The pretrained checkpoint folder's content fingerprint, when the stage starts from one.
 
@@ -182,20 +159,21 @@ def pretrained_inputs() -> dict[str, str]:
   return {"pretrained_checkpoint": pretrained_lib.checkpoint_fingerprint(path)["hash"]}
 
 
-@stages.register_stage(
-    "llm", deps=("clusters", "transitions"),
-    configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
-                   "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"),
-    external_inputs=pretrained_inputs)
-def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
-  """Trains, or fine-tunes from a pretrained checkpoint, the decoder; hit@k vs the baselines."""
-  options = LlmStageOptions()
-  clock = _Clock()
-  clock.start()
+EVAL_EXAMPLES = "eval_examples"
+
+
+def load_eval_examples(stage_path: Path) -> tuple[np.ndarray, int]:
+  """(test example indices the stage evaluated, rare_max): later stages score the same ones."""
+  arrays, meta, _ = artifacts.load_artifact(Path(stage_path) / EVAL_EXAMPLES, EVAL_EXAMPLES, 1)
+  return arrays["examples"], int(meta["rare_max"])
+
+
+def _load_inputs(ctx: stages.StageContext) -> tuple[list[str], NovelTransitions, Path]:
+  """(cluster descriptions, transitions, transitions stage folder), checked against each other."""
   clusters = clusters_stage.load_exploration_clusters(ctx.input_path("clusters"))
   descriptions = [str(t) for t in clusters.descriptions.texts]
   transitions_path = ctx.input_path("transitions")
-  transitions = NovelTransitions.load(transitions_path / transitions_stage.TRANSITIONS)
+  transitions = transitions_stage.load_transitions(transitions_path)
   if transitions.num_clusters != len(descriptions):
     raise LlmStageError(
         f"{transitions_path}: transitions have {transitions.num_clusters} clusters, the "
@@ -203,10 +181,26 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   if not len(transitions.indices(TEST)) or not len(transitions.indices(TRAIN)):
     raise LlmStageError(f"{transitions_path}: the llm stage needs train and test examples "
                         f"(set novel_transitions.test_fraction in (0, 1))")
+  return descriptions, transitions, transitions_path
 
+
+@dataclasses.dataclass
+class _Prepared:
+  """What training needs: the task (config + row length), tokenizer, rows and start point."""
+
+  task: decoder_task.DecoderTask
+  trainer_config: train.TrainerConfig
+  tokenizer: tokenizer_lib.TextTokenizer
+  arrays: dict[str, np.ndarray]
+  bos_id: int
+  start: Any  # pretrained_lib's prepared start, or None from scratch
+
+
+def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: list[str],
+             transitions: NovelTransitions, transitions_path: Path, mesh) -> _Prepared:
+  """Tokenizer (trained or the checkpoint's), decoder config and the packed training rows."""
   task = decoder_task.DecoderTask()
   trainer_config = train.TrainerConfig()
-  mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
   start = None
   if options.pretrained_checkpoint:
     start = pretrained_lib.prepare_pretrained(
@@ -237,46 +231,88 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
     arrays = features.with_bos(arrays, bos_id)
   length = arrays[decoder_task.TARGETS].shape[1]
   task = dataclasses.replace(task, config=config, sequence_length=length, packed=True)
-  batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
   if start is not None:
     pretrained_lib.write_initial_checkpoint_once(start, ctx.path / PRETRAINED, mesh,
                                                  stale=(ctx.path / MODEL,))
-  clock.stop("prepare")
+  return _Prepared(task=task, trainer_config=trainer_config, tokenizer=tokenizer,
+                   arrays=arrays, bos_id=int(bos_id), start=start)
 
-  clock.start()
+
+def _train(ctx: stages.StageContext, prepared: _Prepared, mesh
+           ) -> tuple[train.Trainer, train.TrainResult]:
+  """Trains the decoder into `model/` (resuming from its latest checkpoint)."""
+  task, trainer_config, arrays = prepared.task, prepared.trainer_config, prepared.arrays
   # With DecoderConfig.lora_rank > 0 only the adapters train; the base is frozen.
   trainer = train.Trainer(task, task.model_fn(ctx.seed), ctx.path / MODEL, mesh, trainer_config,
                           trainable=lora.trainable_filter(task.config))
   logging.info("llm: %d packed rows of %d tokens, %d parameters (%d trainable), %d steps at"
-               " batch %d", len(arrays[decoder_task.TARGETS]), length, trainer.num_params,
-               trainer.num_trainable_params, trainer_config.train_steps,
+               " batch %d", len(arrays[decoder_task.TARGETS]), task.sequence_length,
+               trainer.num_params, trainer.num_trainable_params, trainer_config.train_steps,
                trainer_config.batch_size)
+  batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
   result = trainer.train(train.ArrayBatches(batch_features, trainer_config.batch_size,
                                             seed=ctx.seed))
   if result.stopped_reason == "nan":
     raise LlmStageError(f"llm: training stopped on a non-finite loss at step {result.step}; "
                         f"lower make_optimizer.learning_rate (see {ctx.path / MODEL})")
-  clock.stop("train")
+  return trainer, result
 
-  clock.start()
+
+def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: planner_lib.LlmPlanner,
+              transitions: NovelTransitions) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+  """(hit@k of the planner and every baseline, evaluated example indices, planner names)."""
   examples = eval_examples(transitions, options.max_eval_examples, ctx.seed)
+  artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1,
+                          {"examples": examples}, {"rare_max": options.rare_max})
   history = transitions.history[examples]  # [n, K]
   train_idx = transitions.indices(TRAIN)
   baselines = planners_lib.fit_baselines(transitions.history[train_idx],
                                          transitions.next_cluster[train_idx],
                                          transitions.num_clusters, seed=ctx.seed)
-  scores = {LLM: llm_scores(trainer.model, tokenizer, descriptions, history, options, bos_id)}
-  scores.update({name: planner.scores(history) for name, planner in baselines.items()})
+  scores = {LLM: planner.scores(history)}
+  scores.update({name: baseline.scores(history) for name, baseline in baselines.items()})
   evaluation = hit_rate.evaluate_planners(transitions, scores, examples=examples,
                                           rare_max=options.rare_max)
+  return evaluation, examples, list(scores)
+
+
+@stages.register_stage(
+    "llm", deps=("clusters", "transitions"),
+    configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
+                   "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"),
+    external_inputs=pretrained_inputs)
+def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
+  """Trains, or fine-tunes from a pretrained checkpoint, the decoder; hit@k vs the baselines."""
+  options = LlmStageOptions()
+  clock = progress.PhaseClock()
+  clock.start()
+  descriptions, transitions, transitions_path = _load_inputs(ctx)
+  mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
+  prepared = _prepare(ctx, options, descriptions, transitions, transitions_path, mesh)
+  clock.stop("prepare")
+
+  clock.start()
+  trainer, result = _train(ctx, prepared, mesh)
+  config = prepared.task.config
+  planner_lib.save_planner_spec(ctx.path, config, prepared.bos_id, transitions.k, descriptions,
+                                options.length_normalize)
+  clock.stop("train")
+
+  clock.start()
+  planner = planner_lib.LlmPlanner(
+      model=trainer.model, tokenizer=prepared.tokenizer, descriptions=descriptions,
+      config=config, k=transitions.k, bos_id=prepared.bos_id,
+      length_normalize=options.length_normalize, prompts_per_chunk=options.prompts_per_chunk)
+  evaluation, examples, names = _evaluate(ctx, options, planner, transitions)
   clock.stop("evaluate")
 
   loss_first, loss_last = _loss_curve(result.history)
+  tokenizer, start = prepared.tokenizer, prepared.start
   metrics = {
       **evaluation,
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
-      "distinct_test_tuples_scored": int(len(np.unique(history, axis=0))),
+      "distinct_test_tuples_scored": int(len(np.unique(transitions.history[examples], axis=0))),
       "num_clusters": transitions.num_clusters,
       "k": transitions.k,
       "length_normalize": options.length_normalize,
@@ -284,26 +320,26 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "train_loss_last": loss_last,
       "train_steps": int(result.step),
       "stopped_reason": result.stopped_reason,
-      "train_rows": int(len(arrays[decoder_task.TARGETS])),
-      "sequence_length": int(length),
+      "train_rows": int(len(prepared.arrays[decoder_task.TARGETS])),
+      "sequence_length": int(prepared.task.sequence_length),
       "vocab_size": tokenizer.vocab_size,
-      "bos_id": int(bos_id),
+      "bos_id": prepared.bos_id,
       "num_params": int(trainer.num_params),
       "num_trainable_params": int(trainer.num_trainable_params),
-      "lora_rank": int(task.config.lora_rank),
+      "lora_rank": int(config.lora_rank),
       "pretrained": None if start is None else {
           "checkpoint": str(start.directory), "fingerprint": start.fingerprint["hash"],
-          "files": start.fingerprint["files"], "family": task.config.family,
+          "files": start.fingerprint["files"], "family": config.family,
           "tokenizer": tokenizer.model_path.name, "eos_id": tokenizer.eos_id},
       "tokens_per_second": _last(result.history, "timing/tokens_per_second"),
       "seconds": clock.seconds,
   }
   artifacts.atomic_write_json(ctx.path / METRICS, metrics)
-  hit5 = {name: evaluation["planners"][name]["all"]["hit@5"] for name in scores}
+  hit5 = {name: evaluation["planners"][name]["all"]["hit@5"] for name in names}
   logging.info("llm: hit@5 on %d test examples: %s", len(examples),
                ", ".join(f"{k} {v:.4f}" for k, v in hit5.items()))
   return {"hit@5": hit5,
-          "hit@5_unseen": {n: evaluation["planners"][n]["unseen"]["hit@5"] for n in scores},
+          "hit@5_unseen": {n: evaluation["planners"][n]["unseen"]["hit@5"] for n in names},
           "train_loss_first": loss_first, "train_loss_last": loss_last,
           "evaluated_examples": int(len(examples)), "seconds": clock.seconds,
           "pretrained": None if start is None else {

@@ -7,6 +7,7 @@ Writes into the stage folder:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from absl import logging
@@ -18,6 +19,11 @@ from explore.data import stage as data_stage
 
 TRANSITIONS = "transitions"
 TASK_SOURCE = "task_source"
+
+
+def load_transitions(stage_path: Path) -> transitions.NovelTransitions:
+  """Every novel-transition example of the run, with its train/test split."""
+  return transitions.NovelTransitions.load(Path(stage_path) / TRANSITIONS)
 
 
 @stages.register_stage(
