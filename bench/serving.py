@@ -81,7 +81,7 @@ def write_count_table(run_dir, directory, top_n: int = 10) -> Path:
                              clusters.num_clusters)
   expected = run_inputs.expected_fingerprints(run, clusters)
   fingerprints = {name: expected[name] for name in (
-      "descriptions", "item_to_cluster", run_inputs.STAGE_PREFIX + "transitions")}
+      "cluster_assignment", "cluster_descriptions", run_inputs.STAGE_PREFIX + "transitions")}
   table = planner_table(planner, clusters.num_clusters, transitions.k, top_n, fingerprints)
   table.meta["planner"] = planner.name
   return table.save(directory)

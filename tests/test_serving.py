@@ -174,8 +174,8 @@ def copy_table(table_dir, tmp_path, **fingerprints):
 
 def test_table_from_another_cluster_set_or_checkpoint_is_refused(run, tmp_path):
   run_dir, table_dir = run
-  other = copy_table(table_dir, tmp_path, descriptions="0123456789abcdef")
-  with pytest.raises(TableError, match="built from other inputs: descriptions"):
+  other = copy_table(table_dir, tmp_path, cluster_descriptions="0123456789abcdef")
+  with pytest.raises(TableError, match="built from other inputs: cluster_descriptions"):
     Explorer.load(run_dir, other)
   other = copy_table(table_dir, tmp_path, **{"stage:transitions": "fedcba9876543210"})
   with pytest.raises(TableError, match="stage:transitions"):
@@ -197,7 +197,29 @@ def test_truncated_table_file_is_refused_and_left_alone(run, tmp_path):
 
 
 def test_run_without_a_precompute_table_names_the_fix(run, tmp_path):
-  with pytest.raises(ServingError, match="precompute"):
+  with pytest.raises(ServingError, match="stage 'precompute' is missing; run `explore precompute`"):
     Explorer.load(run[0])
   with pytest.raises(ServingError, match="does not exist"):
     Explorer.load(tmp_path / "nothing", run[1])
+
+
+def test_precompute_stage_table_is_served_until_an_input_stage_is_remade(run, tmp_path):
+  from explore import rundir  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / "run"
+  shutil.copytree(run[0], run_dir)
+  runs = rundir.RunDir(run_dir)
+
+  def precompute_with(transitions_fingerprint):
+    path = runs.begin("precompute", {"seed": 0}, {
+        "clusters": runs.manifest("clusters").fingerprint,
+        "transitions": transitions_fingerprint})
+    shutil.copytree(run[1], path / "table")
+    runs.finish("precompute")
+
+  precompute_with(runs.manifest("transitions").fingerprint)
+  explorer = Explorer.load(run_dir)  # the stage's table, through its loader
+  assert explorer.inputs.table_path == run_dir / "precompute" / "table"
+  assert explorer.recommend_user(explorer.users.ids[0])["plan_source"] == "table"
+  precompute_with("0123456789abcdef")  # as if the planner's checkpoint had been retrained
+  with pytest.raises(TableError, match="stage\\(s\\) transitions were remade since"):
+    Explorer.load(run_dir)

@@ -8,10 +8,13 @@
 
 A table must fit the run's clusters: the same M and, for every fingerprint it
 records that serving can recompute, the same value. Fingerprint names:
-  "descriptions"    `text_fingerprint` of the cluster descriptions
-  "item_to_cluster" `transitions.clusters_fingerprint` of the item -> cluster map
+  "cluster_assignment", "cluster_descriptions"  as the `precompute` stage
+                    records them (`precompute.stage.table_fingerprints`)
   "stage:<name>"    the run's manifest fingerprint of stage <name> (e.g.
-                    "stage:llm": the checkpoint the table was planned with)
+                    "stage:transitions" for a table of transition counts)
+The `precompute` stage's own table is also checked through the run: the
+fingerprints of the stages it was built from (clusters, transitions, llm: the
+checkpoint) must still be those of the run's stages.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from absl import logging
 import numpy as np
 
 from explore import rundir
-from explore.precompute.table import TupleTable, text_fingerprint
+from explore.precompute.table import TupleTable
 from explore.serving.histories import ServingError
 
 STAGE_PREFIX = "stage:"
@@ -54,14 +57,25 @@ def _complete_path(run: rundir.RunDir, stage: str) -> Path:
 
 def expected_fingerprints(run: rundir.RunDir, clusters) -> dict[str, str]:
   """Every fingerprint name serving can recompute for this run (see the module docstring)."""
-  from explore.transitions.examples import clusters_fingerprint  # pylint: disable=g-import-not-at-top
-  expected = {"descriptions": text_fingerprint([str(t) for t in clusters.descriptions.texts]),
-              "item_to_cluster": clusters_fingerprint(clusters.item_to_cluster)}
+  from explore.precompute import stage as precompute_stage  # pylint: disable=g-import-not-at-top
+  expected = {name: value for name, value in precompute_stage.table_fingerprints(
+      clusters, checkpoint="").items() if name != "checkpoint"}  # the checkpoint: by the manifest
   for path in sorted(run.root.iterdir()) if run.root.is_dir() else ():
     manifest = run.manifest(path.name) if path.is_dir() else None
     if manifest is not None:
       expected[STAGE_PREFIX + path.name] = manifest.fingerprint
   return expected
+
+
+def check_stage_inputs(run: rundir.RunDir, stage: str) -> None:
+  """Raises `TableError` when a stage the table was built from has been remade since."""
+  from explore.precompute.table import TableError  # pylint: disable=g-import-not-at-top
+  manifest = run.manifest(stage)
+  changed = [dep for dep, value in manifest.inputs.items()
+             if run.manifest(dep) is not None and run.manifest(dep).fingerprint != value]
+  if changed:
+    raise TableError(f"{run.complete_path(stage)}: built from other inputs: stage(s) "
+                     f"{', '.join(changed)} were remade since; rerun `explore {stage}`")
 
 
 def check_table(table: TupleTable, run: rundir.RunDir, clusters, where: Path) -> None:
@@ -81,13 +95,10 @@ def check_table(table: TupleTable, run: rundir.RunDir, clusters, where: Path) ->
 
 def _stage_table(run: rundir.RunDir) -> tuple[TupleTable, Path]:
   """The `precompute` stage's table, read through that stage's loader."""
-  try:
-    from explore.precompute import stage as precompute_stage  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ServingError(f"run directory {run.root}: this version has no `precompute` stage; pass "
-                       "a table folder (--table=DIR)") from None
+  from explore.precompute import stage as precompute_stage  # pylint: disable=g-import-not-at-top
   path = _complete_path(run, "precompute")
-  return precompute_stage.load_table(path), path
+  check_stage_inputs(run, "precompute")
+  return precompute_stage.load_table(path), path / precompute_stage.TABLE
 
 
 def load_inputs(run_dir: str | os.PathLike, table: str | os.PathLike | None = None
