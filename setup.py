@@ -15,6 +15,8 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["explore", "explore.*"]),
+    # The serving page (explore serve) is static HTML + JS inside the package.
+    package_data={"explore.serving": ["static/*"]},
     # The gin configs ship inside the package folder tree so --gin_file=quickstart.gin
     # resolves after a plain (non-editable) install too.
     data_files=[
@@ -48,7 +50,10 @@ setuptools.setup(
         # Pretrained checkpoints whose tokenizer is a Hugging Face tokenizer.json
         # (Llama 3 style); SentencePiece tokenizer.model needs nothing extra.
         "hf": ["tokenizers"],
-        "dev": ["pytest", "pytest-xdist", "tokenizers"],
+        # `explore serve`: the HTTP API and page (Starlette on uvicorn).
+        "serve": ["starlette", "uvicorn"],
+        # The page test drives Debian's chromium package (apt-get install chromium).
+        "dev": ["pytest", "pytest-xdist", "tokenizers", "starlette", "uvicorn", "httpx"],
     },
     entry_points={"console_scripts": ["explore=explore.main:console_main"]},
     classifiers=[

@@ -22,6 +22,7 @@ from absl import logging
 import gin
 
 from explore import gin_config
+from explore.serving import cli as serving_cli  # recommend / serve and their flags
 
 FLAGS = flags.FLAGS
 
@@ -115,6 +116,8 @@ def run_command(command: Sequence[str]) -> int:
   stages.load_builtin_stages()
   from explore import partitioning  # pylint: disable=g-import-not-at-top
   gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  if command[0] in serving_cli.COMMANDS:
+    return serving_cli.run_command(command, None if FLAGS.run_dir else RunConfig().run_dir)
   config = RunConfig()
   targets = list(command)
   if targets == ["run"]:

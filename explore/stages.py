@@ -69,7 +69,7 @@ class StageContext:
 
 
 _REGISTRY: dict[str, Stage] = {}
-RESERVED_NAMES = ("run", "status", "recommend")
+RESERVED_NAMES = ("run", "status", "recommend", "serve")
 
 
 def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = (),

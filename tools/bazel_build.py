@@ -30,8 +30,11 @@ THIRD_PARTY = {
     "pyarrow": "pyarrow", "pytest": "pytest", "scipy": "scipy", "seqio": "seqio",
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
-    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers",
+    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "starlette": "starlette",
+    "uvicorn": "uvicorn",
 }
+# Files a module reads at run time besides Python (the serving page's HTML and JS).
+DATA_GLOBS = {"explore/serving/server.py": 'glob(["static/*"])'}
 HEADER = ('load("@rules_python//python:defs.bzl", "py_binary", "py_library", "py_test")\n'
           'load("@pip//:requirements.bzl", "requirement")\n\n'
           'package(default_visibility = ["//visibility:public"])\n')
@@ -141,6 +144,8 @@ def render_build(folder: Path) -> str:
         lines.append(f'    main = "{path.name}",')
       if rule == "py_test":
         lines.append('    data = ["//:configs"],')
+      if path.relative_to(ROOT).as_posix() in DATA_GLOBS:
+        lines.append(f"    data = {DATA_GLOBS[path.relative_to(ROOT).as_posix()]},")
       if deps:
         lines.append("    deps = [")
         lines.extend(f"        {_starlark_label(d)}," for d in deps)
