@@ -33,6 +33,8 @@ flags.DEFINE_list("gin_search_paths", [], "Extra folders to look for gin files a
 flags.DEFINE_integer("cpu_devices", None, "Emulate this many CPU devices (set before JAX starts).")
 flags.DEFINE_bool("force", False, "Redo the named stages even if complete (stages after them are "
                   "rebuilt).")
+flags.DEFINE_bool("verify", False, "status: also check every file's SHA-256 against its stage's "
+                  "manifest (sizes are always checked).")
 flags.DEFINE_bool("dry_run", False, "Load, validate and print the config, then stop.")
 flags.DEFINE_enum("multihost", "auto", ["auto", "true", "false"],
                   "Call jax.distributed.initialize(): auto = when a multi-host TPU slice or a "
@@ -94,12 +96,19 @@ def _initialize_distributed() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def _print_status(rows) -> None:
+def _print_status(rows) -> int:
+  """Prints the status table, then each corrupt stage's files; 1 when a stage is corrupt."""
   print(f"{'stage':<14}{'state':<10}{'size':>12}  {'config':<18}current")
   for row in rows:
     size = f"{row['bytes'] / 1e6:.2f} MB" if row["bytes"] else "-"
     print(f"{row['stage']:<14}{row['state']:<10}{size:>12}  {row['config_hash'] or '-':<18}"
           f"{row['current'] or '-'}")
+  corrupt = [row for row in rows if row["problems"]]
+  for row in corrupt:
+    print(f"{row['stage']}: corrupt (redo it with: explore {row['stage']} --force)")
+    for problem in row["problems"]:
+      print(f"  {problem}")
+  return 1 if corrupt else 0
 
 
 def run_command(command: Sequence[str]) -> int:
@@ -136,8 +145,7 @@ def run_command(command: Sequence[str]) -> int:
 
   run_dir = rundir.RunDir(config.run_dir)
   if targets == ["status"]:
-    _print_status(stages.status_table(run_dir, config.seed))
-    return 0
+    return _print_status(stages.status_table(run_dir, config.seed, verify=FLAGS.verify))
   is_chief = jax.process_index() == 0
   if is_chief:
     path = gin_config.write_config(config.run_dir, gin.config_str())

@@ -2,7 +2,8 @@
 
 Layout:
   RUN_DIR/config.gin               the operative gin config (process 0)
-  RUN_DIR/<stage>/MANIFEST.json    a complete stage: config, inputs, summary
+  RUN_DIR/<stage>/MANIFEST.json    a complete stage: config, inputs, summary, and the
+                                   size and SHA-256 of every other file in the folder
   RUN_DIR/<stage>/...              the stage's artifacts
   RUN_DIR/<stage>.partial/         a stage being written (kept for resume)
 
@@ -24,7 +25,7 @@ from typing import Any, Mapping
 
 from explore import artifacts
 
-MANIFEST = "MANIFEST.json"
+MANIFEST = artifacts.MANIFEST_FILE
 MANIFEST_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
 
@@ -53,6 +54,9 @@ class StageManifest:
   finished: float | None = None
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)
   version: int = MANIFEST_VERSION
+  # relative path -> {"bytes", "sha256"} of every payload file, recorded on completion
+  # (empty in manifests written before files were recorded: nothing to check).
+  files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def new(cls, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]
@@ -110,12 +114,30 @@ class RunDir:
     return StageManifest.read(path) if path.exists() else None
 
   def state(self, stage: str) -> str:
-    """'complete', 'partial' (being written or interrupted) or 'missing'."""
+    """'complete', 'corrupt', 'partial' (being written or interrupted) or 'missing'.
+
+    A complete version wins over a `<stage>.partial/` beside it (a `--force`
+    redo in progress or interrupted): the complete one is what readers use.
+    'corrupt' is a complete stage whose files differ in size from its manifest.
+    """
+    if self.manifest(stage) is not None:
+      return "corrupt" if self.verify(stage, hashes=False) else "complete"
     if self.partial_path(stage).exists():
       return "partial"
-    if self.manifest(stage) is not None:
-      return "complete"
     return "missing"
+
+  def verify(self, stage: str, hashes: bool = True) -> list[str]:
+    """Problems of a complete stage's files against its manifest (sizes, and hashes if asked)."""
+    manifest = self.manifest(stage)
+    if manifest is None:
+      return []
+    return artifacts.check_files(self.complete_path(stage), manifest.files, hashes=hashes)
+
+  def check_complete(self, stage: str, hashes: bool = False) -> None:
+    """Raises `artifacts.CorruptArtifactError` (naming files and the fix) for a corrupt stage."""
+    problems = self.verify(stage, hashes=hashes)
+    if problems:
+      raise artifacts.CorruptArtifactError(artifacts.corrupt_stage_message(stage, problems))
 
   def begin(self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]) -> Path:
     """Opens `<stage>.partial/` for writing; resumes it when made with the same settings.
@@ -141,10 +163,13 @@ class RunDir:
     manifest.status = "complete"
     manifest.finished = time.time()
     manifest.summary = json.loads(json.dumps(dict(summary or {}), default=repr))
+    manifest.files = artifacts.describe_files(path)
     manifest.write(path / MANIFEST)
     artifacts.replace_folder(path, self.complete_path(stage))
     return manifest
 
   def size_bytes(self, stage: str) -> int:
-    path = self.partial_path(stage) if self.state(stage) == "partial" else self.complete_path(stage)
+    path = self.complete_path(stage)
+    if not path.exists():
+      path = self.partial_path(stage)
     return artifacts.artifact_size_bytes(path)

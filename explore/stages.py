@@ -62,8 +62,10 @@ class StageContext:
   mesh: Any = None
 
   def input_path(self, dep: str) -> Path:
+    """The complete folder of input stage `dep`, after checking its files' sizes."""
     if dep not in self.stage.deps:
       raise StageError(f"stage {self.stage.name!r} reads {dep!r} but does not declare it in deps")
+    self.run_dir.check_complete(dep)
     return self.run_dir.complete_path(dep)
 
 
@@ -140,8 +142,11 @@ def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
             inputs: dict[str, str], force: bool) -> str:
   """'skip', 'run' or 'rebuild' for one stage, or raises on a config conflict."""
   manifest = run_dir.manifest(stage.name)
-  if force or run_dir.state(stage.name) != "complete" or manifest is None:
+  state = run_dir.state(stage.name)
+  if force or state not in ("complete", "corrupt") or manifest is None:
     return "run"
+  if state == "corrupt":
+    run_dir.check_complete(stage.name)  # raises, naming the files and the fix
   if manifest.config_hash != rundir_lib.fingerprint(config):
     diff = "\n  ".join(rundir_lib.config_diff(manifest.config, config))
     raise StageError(
@@ -197,14 +202,21 @@ def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, me
   return done
 
 
-def status_table(run_dir: rundir_lib.RunDir, seed: int) -> list[dict[str, Any]]:
-  """One row per registered stage: state, size, config hash, whether it is current."""
+def status_table(run_dir: rundir_lib.RunDir, seed: int, verify: bool = False
+                 ) -> list[dict[str, Any]]:
+  """One row per registered stage: state, size, config hash, whether it is current.
+
+  A complete stage whose files differ in size from its manifest is 'corrupt';
+  with `verify`, so is one whose files' SHA-256 differ. `problems` names the files.
+  """
   rows = []
   for stage in execution_order(sorted(_REGISTRY)):
-    state = run_dir.state(stage.name)
+    problems = run_dir.verify(stage.name, hashes=verify)
+    state = "corrupt" if problems else run_dir.state(stage.name)
     manifest = run_dir.manifest(stage.name)
     row = {"stage": stage.name, "state": state, "bytes": run_dir.size_bytes(stage.name),
-           "config_hash": manifest.config_hash if manifest else "", "current": ""}
+           "config_hash": manifest.config_hash if manifest else "", "current": "",
+           "problems": problems}
     if manifest is not None:
       same = manifest.config_hash == rundir_lib.fingerprint(stage_config(stage, seed))
       row["current"] = "yes" if same else "no (config differs)"
