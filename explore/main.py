@@ -11,6 +11,7 @@ stage names (each runs after the stages it needs that are not complete yet).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -147,12 +148,14 @@ def run_command(command: Sequence[str]) -> int:
   if targets == ["status"]:
     return _print_status(stages.status_table(run_dir, config.seed, verify=FLAGS.verify))
   is_chief = jax.process_index() == 0
-  if is_chief:
-    path = gin_config.write_config(config.run_dir, gin.config_str())
-    logging.info("config written to %s", path)
-  done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force)
-  if is_chief:
-    gin_config.write_config(config.run_dir, gin.operative_config_str())
+  # One writer per run directory: process 0 holds its lock for the whole command.
+  with run_dir.lock() if is_chief else contextlib.nullcontext():
+    if is_chief:
+      path = gin_config.write_config(config.run_dir, gin.config_str())
+      logging.info("config written to %s", path)
+    done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force)
+    if is_chief:
+      gin_config.write_config(config.run_dir, gin.operative_config_str())
   for name, action in done:
     verb = {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action]
     print(f"== {name}: {verb}")

@@ -6,6 +6,8 @@ Layout:
                                    size and SHA-256 of every other file in the folder
   RUN_DIR/<stage>/...              the stage's artifacts
   RUN_DIR/<stage>.partial/         a stage being written (kept for resume)
+  RUN_DIR/.lock                    flock'ed by the one process writing the run directory
+                                   (its pid and host inside, for the refusal message)
 
 A stage writes into `<stage>.partial/`; only when it finishes is that folder
 renamed to `<stage>/`, replacing the previous complete version. A failure or
@@ -14,24 +16,79 @@ a kill therefore never damages a complete stage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping
+
+from absl import logging
 
 from explore import artifacts
 
 MANIFEST = artifacts.MANIFEST_FILE
 MANIFEST_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
+LOCK_FILE = ".lock"
 
 
 class RunDirError(ValueError):
   """A run directory whose contents cannot be used with the current settings."""
+
+
+class RunDirLockedError(RunDirError):
+  """Another live process holds the run directory's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path):
+  """Holds `path` as a lock file recording {pid, host, started} for the `with` block.
+
+  The lock itself is `flock` on the file, which the kernel releases when the
+  holder exits or is killed; the recorded holder names it in the refusal. A file
+  that still names a holder but whose lock is free was left by a killed process:
+  it is stale and taken over (with a warning naming the old holder). A live
+  holder makes this raise `RunDirLockedError`.
+  """
+  me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    holder = _read_holder(path)
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+    raise RunDirLockedError(
+        f"{path.parent}: another run is writing this run directory (pid {holder.get('pid', '?')} "
+        f"on {holder.get('host', '?')}, since {since}); wait for it to finish or choose another "
+        "RUN_DIR") from None
+  try:
+    stale = _read_holder(path)
+    if stale:
+      logging.warning("%s: taking over a stale lock left by pid %s on %s (no longer running)",
+                      path, stale.get("pid"), stale.get("host"))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    os.fsync(fd)
+    yield me
+  finally:
+    # Emptied rather than deleted: deleting could let a waiter lock an unlinked file.
+    os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _read_holder(path: Path) -> dict[str, Any]:
+  try:
+    holder = json.loads(path.read_text() or "{}")
+  except (OSError, ValueError):
+    return {}
+  return holder if isinstance(holder, dict) else {}
 
 
 def fingerprint(obj: Any) -> str:
@@ -97,6 +154,14 @@ class RunDir:
     self.root = Path(root)
     if self.root.exists() and not self.root.is_dir():
       raise RunDirError(f"RUN_DIR {self.root} exists and is not a directory")
+
+  def lock(self):
+    """A context manager making this process the run directory's one writer (see `exclusive_lock`).
+
+    Creates the run directory if needed; readers (`explore status`) need no lock.
+    """
+    self.root.mkdir(parents=True, exist_ok=True)
+    return exclusive_lock(self.root / LOCK_FILE)
 
   def complete_path(self, stage: str) -> Path:
     return self.root / stage
