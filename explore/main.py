@@ -65,6 +65,10 @@ class RunConfig:
       raise gin_config.ConfigError(f"RunConfig.seed must be an int, got {self.seed!r}")
 
 
+# Settings of the whole run rather than of one stage, written at the top of RUN_DIR/config.gin.
+RUN_LEVEL_CONFIGURABLES = ("RunConfig", "MeshConfig", "logical_axis_rules")
+
+
 def _emulate_cpu_devices(n: int) -> None:
   if n < 1:
     raise gin_config.ConfigError(f"--cpu_devices must be >= 1, got {n}")
@@ -149,13 +153,14 @@ def run_command(command: Sequence[str]) -> int:
     return _print_status(stages.status_table(run_dir, config.seed, verify=FLAGS.verify))
   is_chief = jax.process_index() == 0
   # One writer per run directory: process 0 holds its lock for the whole command.
+  run_config = gin_config.configurables_config_str(RUN_LEVEL_CONFIGURABLES) if is_chief else None
   with run_dir.lock() if is_chief else contextlib.nullcontext():
-    if is_chief:
-      path = gin_config.write_config(config.run_dir, gin.config_str())
-      logging.info("config written to %s", path)
-    done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force)
-    if is_chief:
-      gin_config.write_config(config.run_dir, gin.operative_config_str())
+    try:
+      done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force,
+                               run_config=run_config)
+    finally:
+      if is_chief:  # the union of the complete stages' configs, also after a failure
+        logging.info("config written to %s", stages.write_run_config(run_dir, run_config))
   for name, action in done:
     verb = {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action]
     print(f"== {name}: {verb}")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
+from explore import artifacts
 from explore import gin_config
 from explore import rundir as rundir_lib
 
@@ -68,6 +69,11 @@ class StageContext:
     self.run_dir.check_complete(dep)
     return self.run_dir.complete_path(dep)
 
+
+# A complete stage's operative config (gin text), in its own folder.
+STAGE_CONFIG_FILE = "config.gin"
+# RUN_DIR/config.gin: the run-level settings and the union of the complete stages' configs.
+RUN_CONFIG_FILE = "config.gin"
 
 _REGISTRY: dict[str, Stage] = {}
 RESERVED_NAMES = ("run", "status", "recommend")
@@ -171,11 +177,13 @@ def _stage_inputs(stage: Stage, run_dir: rundir_lib.RunDir) -> dict[str, str]:
 
 
 def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, mesh: Any = None,
-               force: bool = False) -> list[tuple[str, str]]:
+               force: bool = False, run_config: str | None = None) -> list[tuple[str, str]]:
   """Runs `targets` after whatever they depend on that is not up to date.
 
   Returns (stage, action) pairs, action in {'skip', 'run', 'rebuild'}.
   `force` redoes the targets themselves; stages after a redone one are rebuilt.
+  With `run_config` (gin text of the run-level settings), RUN_DIR/config.gin is
+  rewritten after each stage completes (see `write_run_config`).
   """
   order = execution_order(targets)
   # Check every stage before running any, so a conflict is reported before work starts.
@@ -196,10 +204,46 @@ def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, me
     summary = stage.run(StageContext(stage=stage, run_dir=run_dir, path=path, seed=seed, mesh=mesh))
     summary = dict(summary or {})
     summary.setdefault("seconds", round(time.time() - start, 3))
+    write_stage_config(stage, path)
     run_dir.finish(stage.name, summary)
+    if run_config is not None:
+      write_run_config(run_dir, run_config)
     logging.info("stage %s: complete in %.1f s", stage.name, time.time() - start)
     done.append((stage.name, action))
   return done
+
+
+def write_stage_config(stage: Stage, path: Path) -> None:
+  """Writes the stage's operative config into its folder, as gin text and for TensorBoard.
+
+  The text sets every configurable the stage's fingerprint covers (defaults
+  included), so parsing it reproduces the stage config; TensorBoard shows it
+  under the stage's run as `gin/operative_config` (indented: Markdown code).
+  """
+  from explore.train import tfevents  # pylint: disable=g-import-not-at-top
+  text = gin_config.configurables_config_str(stage.configurables)
+  artifacts.atomic_write_text(path / STAGE_CONFIG_FILE,
+                              f"# Operative config of stage {stage.name!r}.\n{text}")
+  with tfevents.EventFileWriter(path) as events:
+    events.text(0, "gin/operative_config", "\n".join("    " + line for line in text.splitlines()))
+
+
+def write_run_config(run_dir: rundir_lib.RunDir, run_config: str) -> Path:
+  """Writes RUN_DIR/config.gin: `run_config`, then each complete stage's own config.
+
+  Stages come in dependency order, so `explore run --gin_file=RUN_DIR/config.gin`
+  reproduces every complete stage (each is reported up to date), whatever
+  sequence of commands (no-op reruns, failed `--force` redos) made the run directory.
+  """
+  parts = [f"# The run's config: run-level settings, then each complete stage's operative "
+           f"config.\n{run_config}"]
+  for stage in execution_order(sorted(_REGISTRY)):
+    stage_file = run_dir.complete_path(stage.name) / STAGE_CONFIG_FILE
+    if run_dir.manifest(stage.name) is not None and stage_file.is_file():
+      parts.append(stage_file.read_text())
+  path = run_dir.root / RUN_CONFIG_FILE
+  artifacts.atomic_write_text(path, "\n".join(parts))
+  return path
 
 
 def status_table(run_dir: rundir_lib.RunDir, seed: int, verify: bool = False
