@@ -106,8 +106,10 @@ def _quiet_gin_file_search():
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-              gin_search_paths: Sequence[str] = ()) -> list[Path]:
+              gin_search_paths: Sequence[str] = (), check_required: bool = True) -> list[Path]:
   """Parses files then bindings into the global gin config; returns the files used.
+
+  `check_required=False` accepts required macros left unset (for `explore help`).
 
   Raises:
     ConfigError: naming the file or binding that failed, or a required macro
@@ -131,7 +133,8 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
       gin.parse_config(binding)
     except (ValueError, KeyError, SyntaxError) as e:
       raise ConfigError(f"gin binding {binding!r}: {_first_line(e)}") from None
-  check_required_macros(declared)
+  if check_required:
+    check_required_macros(declared)
   return resolved
 
 

@@ -5,8 +5,9 @@ r"""The `explore` command line (T5X conventions: gin files, --gin.NAME=VALUE).
   explore status --gin_file=quickstart.gin --gin.RUN_DIR="'/tmp/explore'"
   python -m explore.main run --gin_file=quickstart.gin --cpu_devices=8 ...
 
-Commands: `run` (every stage), `status` (each stage's state), or one or more
-stage names (each runs after the stages it needs that are not complete yet).
+Commands: `run` (every stage), `status` (each stage's state), `help [STAGE]`,
+or one or more stage names (each runs after the stages it needs that are not
+complete yet). `explore --help` lists them with the stages and the main flags.
 """
 
 from __future__ import annotations
@@ -101,6 +102,62 @@ def _initialize_distributed() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+# The CLI's commands besides stage names: name -> one line for `explore --help`.
+COMMANDS: dict[str, str] = {
+    "run": "run every stage (each skipped when up to date)",
+    "status": "each stage's state, size and config (--verify also checks file hashes)",
+    "help": "help STAGE: a stage's description and its gin configurables with their defaults",
+    "STAGE ...": "the named stages, after the stages they need that are not complete",
+}
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+# Flags `explore --help` shows (--helpfull lists every flag, JAX's and absl's included).
+MAIN_FLAGS = ("gin_file", "gin_bindings", "gin_search_paths", "cpu_devices", "force", "verify",
+              "dry_run", "traceback", "verbosity")
+_FLAG_HELP_OVERRIDES = {"verbosity": "Logging verbosity: 0 info (the default), 1 debug, -1 warning."}
+
+
+def _first_line(text: str) -> str:
+  return text.strip().splitlines()[0].rstrip(";") if text.strip() else ""
+
+
+def usage() -> str:
+  """`explore --help`: the commands, each registered stage in one line, and the main flags."""
+  from explore import stages  # pylint: disable=g-import-not-at-top
+  stages.load_builtin_stages()
+  lines = ["usage: explore COMMAND [--gin_file=FILE ...] [--gin.NAME=VALUE ...] [flags]", "",
+           "commands:"]
+  lines += [f"  {name:<13}{text}" for name, text in COMMANDS.items()]
+  lines += ["", "stages (in dependency order):"]
+  for stage in stages.execution_order(sorted(stages.registered_stages())):
+    after = f" [after {', '.join(stage.deps)}]" if stage.deps else ""
+    lines.append(f"  {stage.name:<13}{_first_line(stage.doc)}{after}")
+  lines += ["", "main flags:"]
+  for name in MAIN_FLAGS:
+    flag = FLAGS[name]
+    text = _FLAG_HELP_OVERRIDES.get(name) or _first_line(flag.help)
+    default = "" if flag.default in (None, [], False) or name in _FLAG_HELP_OVERRIDES else (
+        f" (default: {flag.default})")
+    lines.append(f"  --{name:<18}{text}{default}")
+  lines += ["", "Example: explore run --gin_file=quickstart.gin --gin.RUN_DIR=\"'/tmp/explore'\"",
+            "All flags: explore --helpfull.  Configurables of a stage: explore help STAGE."]
+  return "\n".join(lines)
+
+
+def stage_help(name: str) -> str:
+  """`explore help STAGE`: the stage's docstring, inputs, and configurables with their values.
+
+  The values are the code defaults overlaid with the gin files and bindings given.
+  """
+  from explore import stages  # pylint: disable=g-import-not-at-top
+  (stage,) = [s for s in stages.execution_order([name]) if s.name == name]
+  lines = [f"stage {stage.name}: {stage.doc or '(no description)'}",
+           f"reads: {', '.join(stage.deps) or 'nothing from the run directory'}",
+           f"configurables: {', '.join(stage.configurables) or 'none'}",
+           "", "# Defaults, overlaid with the given gin files and bindings:",
+           gin_config.configurables_config_str(stage.configurables)]
+  return "\n".join(lines)
+
+
 def _print_status(rows) -> int:
   """Prints the status table, then each corrupt stage's files; 1 when a stage is corrupt."""
   print(f"{'stage':<14}{'state':<10}{'size':>12}  {'config':<18}current")
@@ -128,6 +185,11 @@ def run_command(command: Sequence[str]) -> int:
     _emulate_cpu_devices(FLAGS.cpu_devices)
   stages.load_builtin_stages()
   from explore import partitioning  # pylint: disable=g-import-not-at-top
+  if command[0] == "help":
+    gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths,
+                         check_required=False)
+    print("\n\n".join(stage_help(name) for name in command[1:]) if command[1:] else usage())
+    return 0
   gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   config = RunConfig()
   targets = list(command)
@@ -189,6 +251,10 @@ def main(argv: Sequence[str]) -> None:
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing after rewriting --gin.NAME=VALUE; bad flags exit 2 with a message."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    FLAGS([argv[0]])  # defaults, so the flag table can be read
+    print(usage())
+    sys.exit(0)
   try:
     argv = gin_config.rewrite_gin_args(argv)
     return FLAGS(argv)

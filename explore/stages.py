@@ -76,7 +76,7 @@ STAGE_CONFIG_FILE = "config.gin"
 RUN_CONFIG_FILE = "config.gin"
 
 _REGISTRY: dict[str, Stage] = {}
-RESERVED_NAMES = ("run", "status", "recommend")
+RESERVED_NAMES = ("run", "status", "help", "recommend", "serve", "export")
 
 
 def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = (),
