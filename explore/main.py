@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 from typing import Sequence
@@ -173,6 +174,16 @@ def _print_status(rows) -> int:
   return 1 if corrupt else 0
 
 
+def _write_run_config(stages, run_dir, run_config: str, after_failure: bool = False) -> None:
+  """Writes RUN_DIR/config.gin; after a failure, its own error is logged, not raised over it."""
+  try:
+    logging.info("config written to %s", stages.write_run_config(run_dir, run_config))
+  except OSError as e:
+    if not after_failure:
+      raise
+    logging.warning("could not rewrite the run's config.gin: %s", describe_os_error(e))
+
+
 def run_command(command: Sequence[str]) -> int:
   """Runs one CLI command after flags are parsed; returns the exit status."""
   from explore import stages  # pylint: disable=g-import-not-at-top
@@ -220,9 +231,12 @@ def run_command(command: Sequence[str]) -> int:
     try:
       done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force,
                                run_config=run_config)
-    finally:
+    except BaseException:
       if is_chief:  # the union of the complete stages' configs, also after a failure
-        logging.info("config written to %s", stages.write_run_config(run_dir, run_config))
+        _write_run_config(stages, run_dir, run_config, after_failure=True)
+      raise
+    if is_chief:
+      _write_run_config(stages, run_dir, run_config)
   for name, action in done:
     verb = {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action]
     print(f"== {name}: {verb}")
@@ -231,7 +245,36 @@ def run_command(command: Sequence[str]) -> int:
   return 0
 
 
-_USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+_USER_ERRORS = (ValueError, KeyError, OSError)
+
+# What to do about the operating system's faults a user can fix, by errno.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or choose a RUN_DIR on another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another RUN_DIR",
+    errno.EROFS: "the file system is read-only: choose a writable RUN_DIR",
+    errno.EACCES: "permission denied: fix the permissions or choose another RUN_DIR",
+    errno.EPERM: "operation not permitted: fix the permissions or choose another RUN_DIR",
+    errno.ENOTDIR: "a parent of the path is a file, not a directory",
+    errno.EEXIST: "the path exists already, as another kind of file",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+  """One line for an operating-system error: the path(s), the cause, and what to do."""
+  paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+  cause = e.strerror or str(e)
+  hint = _OS_ERROR_HINTS.get(e.errno)
+  return ": ".join(part for part in (paths, cause, hint) if part)
+
+
+def error_message(e: BaseException) -> str:
+  """The one-line `explore: error:` text for an input, config or OS error."""
+  if isinstance(e, OSError):
+    return describe_os_error(e)
+  if isinstance(e, KeyError) and e.args:
+    return str(e.args[0])
+  message = str(e)
+  return message.splitlines()[0] if isinstance(e, RuntimeError) else message
 
 
 def main(argv: Sequence[str]) -> None:
@@ -241,10 +284,7 @@ def main(argv: Sequence[str]) -> None:
     is_gin_required = isinstance(e, RuntimeError) and "Required bindings" in str(e)
     if FLAGS.traceback or (isinstance(e, RuntimeError) and not is_gin_required):
       raise
-    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if is_gin_required:
-      message = message.splitlines()[0]
-    print(f"explore: error: {message}", file=sys.stderr)
+    print(f"explore: error: {error_message(e)}", file=sys.stderr)
     sys.exit(1)
   sys.exit(status)
 
