@@ -36,6 +36,7 @@ setuptools.setup(
         "grain",
         "pyarrow",
         "safetensors",
+        "tqdm>=4.60",
     ],
     extras_require={
         # Cloud TPU VMs: JAX with libtpu.

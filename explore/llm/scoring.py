@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from explore import partitioning
+from explore import progress
 from explore.llm import features
 from explore.llm.decoder import Decoder
 
@@ -147,6 +148,7 @@ class CandidateScorer:
       raise ScoringError(f"prompt lengths must be in [1, {prompts.shape[1]}]")
     c = self.prompts_per_chunk
     out = np.zeros((n, len(self.candidates)), np.float32)
+    bar = progress.Progress("hit@k scoring", total=n, unit="prompts")
     for start in range(0, n, c):
       chunk = prompts[start:start + c]
       lengths = prompt_lengths[start:start + c]
@@ -156,6 +158,8 @@ class CandidateScorer:
         lengths = np.concatenate([lengths, np.repeat(lengths[:1], c - real)])
       scores = self._score(self._state, chunk, lengths, self.candidates, self.candidate_lengths)
       out[start:start + real] = np.asarray(scores)[:real]
+      bar.update(real)
+    bar.close()
     return out
 
 
