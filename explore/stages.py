@@ -204,7 +204,7 @@ def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, me
     summary = stage.run(StageContext(stage=stage, run_dir=run_dir, path=path, seed=seed, mesh=mesh))
     summary = dict(summary or {})
     summary.setdefault("seconds", round(time.time() - start, 3))
-    write_stage_config(stage, path)
+    write_stage_record(stage, path, summary)
     run_dir.finish(stage.name, summary)
     if run_config is not None:
       write_run_config(run_dir, run_config)
@@ -213,19 +213,41 @@ def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, me
   return done
 
 
-def write_stage_config(stage: Stage, path: Path) -> None:
-  """Writes the stage's operative config into its folder, as gin text and for TensorBoard.
+def summary_scalars(summary: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+  """The numbers of a stage summary as TensorBoard tags: nested keys joined by '/'.
 
-  The text sets every configurable the stage's fingerprint covers (defaults
-  included), so parsing it reproduces the stage config; TensorBoard shows it
-  under the stage's run as `gin/operative_config` (indented: Markdown code).
+  E.g. {"hit@5": {"llm": 0.28}} -> {"hit@5/llm": 0.28}; strings, lists and
+  booleans are left out.
+  """
+  out: dict[str, float] = {}
+  for key, value in summary.items():
+    tag = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(summary_scalars(value, tag + "/"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[tag] = float(value)
+  return out
+
+
+def write_stage_record(stage: Stage, path: Path, summary: Mapping[str, Any]) -> None:
+  """Writes the stage's operative config into its folder, and config and numbers for TensorBoard.
+
+  The gin text (`config.gin`) sets every configurable the stage's fingerprint
+  covers (defaults included), so parsing it reproduces the stage config.
+  TensorBoard shows, under the stage's run (its folder), the config as text
+  (`gin/operative_config`, indented: Markdown code) and every number of the
+  summary as a scalar (e.g. `hit@5/llm`, `model/test/hr@10`), beside the
+  training scalars the stage's trainer wrote below it.
   """
   from explore.train import tfevents  # pylint: disable=g-import-not-at-top
   text = gin_config.configurables_config_str(stage.configurables)
   artifacts.atomic_write_text(path / STAGE_CONFIG_FILE,
                               f"# Operative config of stage {stage.name!r}.\n{text}")
+  for old in path.glob("events.out.tfevents.*"):  # a resumed stage's earlier attempt
+    old.unlink()
   with tfevents.EventFileWriter(path) as events:
     events.text(0, "gin/operative_config", "\n".join("    " + line for line in text.splitlines()))
+    events.scalars(0, summary_scalars(summary))
 
 
 def write_run_config(run_dir: rundir_lib.RunDir, run_config: str) -> Path:

@@ -53,3 +53,26 @@ def test_config_gin_survives_noop_rerun_and_failed_force_and_reproduces(tmp_path
   again = explore("toy_beta", f"--gin_file={run_dir / 'config.gin'}")
   assert again.returncode == 0, again.stderr
   assert "== toy_alpha: up to date" in again.stdout and "== toy_beta: up to date" in again.stdout
+
+
+def test_summary_numbers_become_tensorboard_scalars():
+  summary = {"hit@5": {"llm": 0.25, "transition": 0.5}, "model": {"test": {"hr@10": 0.3}},
+             "evaluated_examples": 500, "pretrained": None, "stopped_reason": "done",
+             "levels": [8, 64], "resumed": True}
+  assert stages.summary_scalars(summary) == {
+      "hit@5/llm": 0.25, "hit@5/transition": 0.5, "model/test/hr@10": 0.3,
+      "evaluated_examples": 500.0}
+
+
+def test_stage_writes_config_text_and_summary_scalars_for_tensorboard(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  from explore import rundir  # pylint: disable=g-import-not-at-top
+  run_dir = rundir.RunDir(tmp_path / "run")
+  stages.run_stages(["toy_beta"], run_dir, seed=0)
+  (events,) = (tmp_path / "run" / "toy_beta").glob("events.out.tfevents.*")
+  values = {v.tag: v for record in tf.data.TFRecordDataset(str(events))
+            for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value}
+  assert values["sum"].simple_value == 30.0  # toy_beta's summary: sum of [0, 10, 20]
+  text = tf.make_ndarray(values["gin/operative_config"].tensor).item().decode()
+  assert "    toy_beta_scale.scale = 10" in text
+  assert run_dir.verify("toy_beta") == []  # the event file is part of the verified payload
