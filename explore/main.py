@@ -114,7 +114,8 @@ _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
 # Flags `explore --help` shows (--helpfull lists every flag, JAX's and absl's included).
 MAIN_FLAGS = ("gin_file", "gin_bindings", "gin_search_paths", "cpu_devices", "force", "verify",
               "dry_run", "traceback", "verbosity")
-_FLAG_HELP_OVERRIDES = {"verbosity": "Logging verbosity: 0 info (the default), 1 debug, -1 warning."}
+_FLAG_HELP_OVERRIDES = {
+    "verbosity": "Logging verbosity: 0 info (the default), 1 debug, -1 warning."}
 
 
 def _first_line(text: str) -> str:

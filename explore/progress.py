@@ -69,7 +69,8 @@ class Progress:
     timing = tqdm.tqdm.format_interval(self._clock() - self._start)
     if eta is not None:
       timing += "<" + tqdm.tqdm.format_interval(eta)
-    return f"{self.description}: {self.done}{total} {self.unit} [{timing}, {self.rate():.2f} {self.unit}/s]"
+    rate = f"{self.rate():.2f} {self.unit}/s"
+    return f"{self.description}: {self.done}{total} {self.unit} [{timing}, {rate}]"
 
   def update(self, n: int = 1) -> None:
     self.done += n

@@ -29,7 +29,8 @@ def toy_gin(tmp_path):
 
 def modules_imported_by(code, packages):
   """The modules of `packages` that running `code` in a fresh interpreter imports."""
-  probe = f"{code}; import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r}))"
+  probe = (f"{code}; import sys; "
+           f"print(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r}))")
   result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, check=True,
                           capture_output=True, text=True)
   return result.stdout.strip().splitlines()[-1]

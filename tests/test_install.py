@@ -34,7 +34,8 @@ def test_core_install_has_no_seqio_tensorflow_or_grain_and_declares_minimums():
 
 
 def test_running_every_stage_module_imports_no_tensorflow():
-  code = "from explore import stages; stages.load_builtin_stages(); from explore.llm import tokenizer"
+  code = ("from explore import stages; stages.load_builtin_stages(); "
+          "from explore.llm import tokenizer")
   assert modules_imported_by(code, ("tensorflow", "seqio")) == "[]"
 
 

@@ -164,7 +164,8 @@ def seqio_vocabulary(tokenizer: Tokenizer) -> "seqio.SentencePieceVocabulary":
     raise TokenizerError(
         f"seqio_vocabulary: {tokenizer.model_path or type(tokenizer).__name__} is not a "
         "SentencePiece model; seqio vocabularies exist only for SentencePiece tokenizers")
-  seqio = extras.require("seqio", "seqio", "seqio_vocabulary")  # pylint: disable=redefined-outer-name
+  seqio = extras.require(  # pylint: disable=redefined-outer-name
+      "seqio", "seqio", "seqio_vocabulary")
   if tokenizer.model_path is None:
     raise TokenizerError("seqio_vocabulary: the tokenizer has no model file; save it first "
                          "(train_sentencepiece writes one, Tokenizer.from_file reads one)")
