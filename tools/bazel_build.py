@@ -30,8 +30,8 @@ THIRD_PARTY = {
     "pyarrow": "pyarrow", "pytest": "pytest", "scipy": "scipy", "seqio": "seqio",
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
-    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "starlette": "starlette",
-    "uvicorn": "uvicorn",
+    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "tqdm": "tqdm",
+    "starlette": "starlette", "uvicorn": "uvicorn",
 }
 # Files a module reads at run time besides Python (the serving page's HTML and JS).
 DATA_GLOBS = {"explore/serving/server.py": 'glob(["static/*"])'}
@@ -70,7 +70,10 @@ def target_of(path: Path) -> str:
 
 
 def _imported_names(path: Path) -> list[str]:
-  """Dotted names a file imports; `from a import b` gives a.b when b is a module, else a."""
+  """Dotted names a file imports; `from a import b` gives a.b when b is a module, else a.
+
+  Optional dependencies imported through `explore.extras.require` count as imports.
+  """
   tree = ast.parse(path.read_text(), filename=str(path))
   names: list[str] = []
   for node in ast.walk(tree):
@@ -80,6 +83,10 @@ def _imported_names(path: Path) -> list[str]:
       for alias in node.names:
         full = f"{node.module}.{alias.name}"
         names.append(full if _module_file(full) is not None else node.module)
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == "require" and getattr(node.func.value, "id", "") == "extras"
+          and node.args and isinstance(node.args[0], ast.Constant)):
+      names.append(node.args[0].value)  # an optional import: extras.require("seqio", ...)
   return names
 
 
