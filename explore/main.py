@@ -109,6 +109,8 @@ COMMANDS: dict[str, str] = {
     "run": "run every stage (each skipped when up to date)",
     "status": "each stage's state, size and config (--verify also checks file hashes)",
     "help": "help STAGE: a stage's description and its gin configurables with their defaults",
+    "recommend": "recommend --user=ID | --items=A,B,..: one user's exploration and regular slates",
+    "serve": "serve --port=N: the recommend API over HTTP (JSON) with a page (extra `serve`)",
     "STAGE ...": "the named stages, after the stages they need that are not complete",
 }
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")

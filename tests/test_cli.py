@@ -46,7 +46,7 @@ def test_help_is_fast_and_imports_no_tensorflow():
 def test_help_lists_commands_and_stages_with_one_line_each():
   result = explore("status", "-h")
   assert result.returncode == 0, result.stderr
-  for command in ("run", "status", "help"):
+  for command in ("run", "status", "help", "recommend", "serve"):
     assert f"\n  {command} " in result.stdout
   assert ("\n  clusters     Embeds items, clusters them into a balanced tree and describes the "
           "exploration level. [after data]\n") in result.stdout
