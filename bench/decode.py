@@ -41,7 +41,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from explore.llm import decoding

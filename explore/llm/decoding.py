@@ -104,13 +104,13 @@ def select_beams(scores: jax.Array, cand: Candidates, leaf_cluster: jax.Array | 
 
 
 def _beam_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, beams: _Beams,
-               prompt_lengths: jax.Array, allowed: Exclusion, length_normalize: bool) -> _Beams:
+               prompt_lengths: jax.Array, exclusion: Exclusion, length_normalize: bool) -> _Beams:
   """Advances every beam by one token at trie `level` (static; `step` is its index)."""
   cache, log_probs = beams.cache, beams.log_probs
   if level > 0:  # feed the tokens the last step chose; level 0 reads the prefill
     cache = gather_rows(cache, beams.parents)
     log_probs, cache = decode_tokens(model, cache, beams.tokens, prompt_lengths, step - 1)
-  cand = trie.candidates(level, log_probs, beams.nodes, allowed)  # [b, k, F]
+  cand = trie.candidates(level, log_probs, beams.nodes, exclusion)  # [b, k, F]
   scale = 1.0 / (step + 1).astype(jnp.float32) if length_normalize else jnp.float32(1.0)
   scores, parents, tokens, nodes, pool_clusters, pool_scores = select_beams(
       beams.scores, cand, trie.leaf_cluster, beams.nodes.shape[1],
@@ -141,9 +141,9 @@ def beam_search_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array,
       parents=jnp.broadcast_to(jnp.arange(k), (b, k)), tokens=jnp.zeros((b, k), jnp.int32),
       pool_clusters=jnp.full((b, top_n), -1, jnp.int32),
       pool_scores=jnp.full((b, top_n), -jnp.inf, jnp.float32))
-  allowed = trie.exclusion(exclude)
+  exclusion = trie.exclusion(exclude)
   step = lambda level, i, state: _beam_step(model, trie, level, i, state, prompt_lengths,
-                                            allowed, length_normalize)
+                                            exclusion, length_normalize)
   stop = _improvable if early_stop and not length_normalize else None
   beams = run_levels(trie, beams, step, stop)
   return beams.pool_clusters, beams.pool_scores

@@ -42,12 +42,12 @@ class _Samples:
 
 
 def _sample_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, s: _Samples,
-                 prompt_lengths: jax.Array, allowed: Exclusion, temperature: float) -> _Samples:
+                 prompt_lengths: jax.Array, exclusion: Exclusion, temperature: float) -> _Samples:
   """Draws every unfinished sample's next token among the allowed ones."""
   cache, log_probs = s.cache, s.log_probs
   if level > 0:
     log_probs, cache = decode_tokens(model, cache, s.tokens, prompt_lengths, step - 1)
-  cand = trie.candidates(level, log_probs, s.nodes, allowed)  # [b, S, F]
+  cand = trie.candidates(level, log_probs, s.nodes, exclusion)  # [b, S, F]
   key, draw = jax.random.split(s.key)
   choice = jax.random.categorical(draw, cand.log_probs / temperature, axis=-1)  # [b, S]
   take = lambda x: jnp.take_along_axis(x, choice[..., None], axis=-1)[..., 0]  # [b, S]
@@ -70,9 +70,9 @@ def sample_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array, prompt_le
       log_probs=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])),
       nodes=jnp.zeros((b, n), jnp.int32), tokens=jnp.zeros((b, n), jnp.int32),
       totals=jnp.zeros((b, n), jnp.float32), clusters=jnp.full((b, n), -1, jnp.int32), key=key)
-  allowed = trie.exclusion(exclude)
+  exclusion = trie.exclusion(exclude)
   step = lambda level, i, state: _sample_step(model, trie, level, i, state, prompt_lengths,
-                                              allowed, temperature)
+                                              exclusion, temperature)
   samples = run_levels(trie, samples, step, lambda state: jnp.any(state.clusters < 0))
   return samples.clusters, jnp.where(samples.clusters >= 0, samples.totals, -jnp.inf)
 
