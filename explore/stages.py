@@ -31,6 +31,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.transitions.stage",
     "explore.llm.stage",
     "explore.seqrec.stage",
+    "explore.sim.stage",
 )
 
 
