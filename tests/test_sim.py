@@ -250,3 +250,4 @@ def test_bad_settings_are_named():
     sim_lib.SimConfig(slate_size=2, explore_slots=2)
   with pytest.raises(choice_lib.ChoiceModelError, match="click_scale"):
     choice_lib.ChoiceModel(click_scale=0.0)
+

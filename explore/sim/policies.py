@@ -168,7 +168,7 @@ def plan_table(planner: Planner, num_clusters: int, k: int, top_n: int,
   """[M^K, n] int32 the planner's top-n clusters for every tuple of distinct clusters.
 
   Rows whose tuple repeats a cluster (never a history) hold -1; ties go to the
-  lower cluster id. A `TupleTable` is returned as it is.
+  lower cluster id; n is at most M. A `TupleTable` is returned as it is.
   """
   if isinstance(planner, table_lib.TupleTable):
     if (planner.num_clusters, planner.k) != (num_clusters, k):
@@ -176,6 +176,7 @@ def plan_table(planner: Planner, num_clusters: int, k: int, top_n: int,
           f"the planner table covers M={planner.num_clusters}, K={planner.k}; the simulation "
           f"needs M={num_clusters}, K={k}")
     return np.asarray(planner.clusters, np.int32)
+  top_n = min(int(top_n), num_clusters)
   table = table_lib.TupleTable.empty(num_clusters, k, top_n)
   tuples = table_lib.distinct_tuples(num_clusters, k)  # [r, K]
   for begin in range(0, len(tuples), chunk):

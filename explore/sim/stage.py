@@ -6,6 +6,7 @@ training examples (to fit the count planners) and the `seqrec` vectors; writes
                  95% intervals, paired differences against exploit-only, per-round
                  curves (mean and interval per policy), settings and seconds
   table.md       the comparison as a markdown table
+On real logs (no world) the stage records that it was skipped and why.
 The LLM planner enters through `SimOptions.planner_table`, a `TupleTable` folder
 (the precompute stage's output, or any planner tabulated with `policies.plan_table`);
 without it the `planner` policy is left out and the stage says so.
@@ -136,9 +137,12 @@ def sim_stage(ctx: stages.StageContext) -> dict[str, Any]:
   options, config, model = SimOptions(), sim_lib.SimConfig(), choice_lib.ChoiceModel()
   data_path = ctx.input_path("data")
   world = _load("the synthetic world", "data", lambda: data_stage.load_world(data_path))
-  if world is None:
-    raise SimStageError(f"{data_path}: the data stage has no synthetic world (data_source.kind "
-                        "is not 'synthetic'); the simulator needs the world's hidden truth")
+  if world is None:  # real logs: nothing to simulate, so `explore run` goes on without it
+    reason = (f"{data_path} has no synthetic world (data_source.kind is not 'synthetic'); the "
+              "simulator needs a world's hidden truth, so it is skipped")
+    logging.warning("sim: %s", reason)
+    artifacts.atomic_write_json(ctx.path / METRICS, {"skipped": reason})
+    return {"skipped": reason}
   interactions = _load("the interactions", "data", lambda: data_stage.load_interactions(data_path))
   population_lib.check_world_matches(world, interactions)
   clusters = _load("the cluster map", "clusters", lambda: clusters_stage.load_exploration_clusters(
