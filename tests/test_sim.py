@@ -251,3 +251,19 @@ def test_bad_settings_are_named():
   with pytest.raises(choice_lib.ChoiceModelError, match="click_scale"):
     choice_lib.ChoiceModel(click_scale=0.0)
 
+
+
+def test_exploitation_ranks_by_the_stored_vector_mixed_with_the_recent_average(small_world):
+  env = _environment(small_world, replicas=1)
+  policies = [policies_lib.ExploitOnly()]
+  state = sim_lib.initial_state(policies, env.users, 2)
+  drifted = state._replace(taste=state.taste[:, ::-1] * 3.0)  # another user's direction
+  none = jnp.full((1, env.users.taste.shape[0], 0), -1, jnp.int32)
+  stored = sim_lib.exploit_top_k(env.users.taste, state.consumed[0], env.catalog.vectors, 4, 16)
+  anchored = sim_lib.SimConfig(slate_size=4, explore_slots=0, taste_mix=0.0)
+  np.testing.assert_array_equal(sim_lib.build_slates(env, drifted, none, anchored)[0], stored)
+  half = sim_lib.SimConfig(slate_size=4, explore_slots=0, taste_mix=0.5)
+  mixed = 0.5 * env.users.taste + 0.5 * drifted.taste[0]
+  np.testing.assert_array_equal(
+      sim_lib.build_slates(env, drifted, none, half)[0],
+      sim_lib.exploit_top_k(mixed, state.consumed[0], env.catalog.vectors, 4, 16))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from explore.seqrec import RestrictedRetriever
 from explore.sim import choice as choice_lib
 from explore.sim import population as population_lib
 from explore.sim import simulator as sim_lib
@@ -37,7 +38,6 @@ def make_environment(catalog: population_lib.Catalog, users: population_lib.User
                      prior_weight: float, engagement: choice_lib.Engagement,
                      num_clusters: int) -> sim_lib.Environment:
   """The fixed part of a simulation: retrieval over [item vector, prior] and the taste scale."""
-  from explore.seqrec import RestrictedRetriever  # pylint: disable=g-import-not-at-top
   vectors = np.asarray(catalog.vectors)
   prior = np.zeros(len(vectors), np.float32) if item_prior is None else item_prior
   table = np.concatenate([vectors, np.asarray(prior, np.float32)[:, None]], 1)  # [N, D + 1]

@@ -13,10 +13,12 @@ in front of it, rounds under `lax.scan`, explicit PRNG keys):
   3. the user responds (`choice`): exact click probabilities give the round's expected
      metrics; shared uniforms realise one choice, which updates the state.
 
-The taste is not recomputed by the transformer: it starts at the stored user vector
-and moves toward each consumed item's vector, taste <- (1 - a) taste + a * s * v_item,
-with s = mean |user vector| / mean |item vector| so the two live on one scale (see
-docs/sim.md for why this stands in for re-encoding the history).
+The taste is not recomputed by the transformer. A moving average starts at the stored
+user vector u and moves toward each consumed item's vector, recent <- (1 - a) recent +
+a * s * v_item, with s = mean |user vector| / mean |item vector| so the two live on one
+scale; the query is the mix taste = (1 - w) u + w recent, so the stored vector keeps
+weight 1 - w however long the simulation runs (see docs/sim.md for why this stands in
+for re-encoding the history, and what an unanchored average did).
 
 Common random numbers: the round's uniforms (choice, positivity) and the policies'
 own randomness come from `fold_in(key, round)` and are the same for every policy, so
@@ -51,7 +53,8 @@ class SimConfig:
 
   rounds: slates shown to each user.
   slate_size: items per slate, `explore_slots` of them chosen by the policy.
-  taste_rate: a in the taste update (0 keeps the stored user vector).
+  taste_rate: a in the moving average of consumed item vectors.
+  taste_mix: w, the average's weight in the query (0 keeps the stored user vector).
   exploit_chunk: users per block of the full-catalog exploitation ranking (memory).
   """
 
@@ -59,6 +62,7 @@ class SimConfig:
   slate_size: int = 6
   explore_slots: int = 2
   taste_rate: float = 0.3
+  taste_mix: float = 0.5
   exploit_chunk: int = 1024
 
   def __post_init__(self):
@@ -68,8 +72,9 @@ class SimConfig:
     if not isinstance(self.explore_slots, int) or not 0 <= self.explore_slots < self.slate_size:
       raise SimConfigError(f"SimConfig.explore_slots={self.explore_slots!r} must be in "
                            f"[0, slate_size={self.slate_size})")
-    if not 0.0 <= self.taste_rate <= 1.0:
-      raise SimConfigError(f"SimConfig.taste_rate={self.taste_rate!r} must be in [0, 1]")
+    for name in ("taste_rate", "taste_mix"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise SimConfigError(f"SimConfig.{name}={getattr(self, name)!r} must be in [0, 1]")
 
 
 class State(NamedTuple):
@@ -78,7 +83,7 @@ class State(NamedTuple):
   known: jax.Array  # [P, B, I] bool
   engaged: jax.Array  # [P, B, W] uint32 bitmask of clusters
   history: jax.Array  # [P, B, K] int32
-  taste: jax.Array  # [P, B, D] float32
+  taste: jax.Array  # [P, B, D] float32 moving average of consumed item vectors
   satisfaction: jax.Array  # [P, B] float32
   consumed: jax.Array  # [P, B, R] int32 item per round, -1 without a click
   policy: tuple
@@ -156,12 +161,13 @@ def build_slates(env: Environment, state: State, clusters: jax.Array, config: Si
   """[P, B, S] item slates: exploitation slots, then the exploration slots' items."""
   p, b, e = clusters.shape
   s, exploit_slots = config.slate_size, config.slate_size - config.explore_slots
-  candidates = exploit_top_k(state.taste.reshape(p * b, -1), state.consumed.reshape(p * b, -1),
+  taste = (1.0 - config.taste_mix) * env.users.taste + config.taste_mix * state.taste  # [P, B, D]
+  candidates = exploit_top_k(taste.reshape(p * b, -1), state.consumed.reshape(p * b, -1),
                              env.catalog.vectors, s, config.exploit_chunk).reshape(p, b, s)
   if e == 0:
     return candidates
   query = jnp.concatenate(
-      [state.taste, jnp.full((p, b, 1), env.prior_weight, jnp.float32)], -1)  # [P, B, D + 1]
+      [taste, jnp.full((p, b, 1), env.prior_weight, jnp.float32)], -1)  # [P, B, D + 1]
   query = jnp.broadcast_to(query[:, :, None], (p, b, e, query.shape[-1]))  # [P, B, E, D']
   seen = jnp.concatenate([state.consumed, candidates], -1)  # [P, B, R + S]
   seen = jnp.broadcast_to(seen[:, :, None], (p, b, e, seen.shape[-1]))
