@@ -33,6 +33,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.llm.stage",
     "explore.seqrec.stage",
     "explore.precompute.stage",
+    "explore.sim.stage",
 )
 
 
