@@ -5,14 +5,22 @@ Every artifact is a folder holding `arrays.npz` (numpy arrays, loaded with
 Writes go to a temporary sibling folder that is renamed into place, so a crash
 never leaves a half-written artifact where a complete one is expected, and an
 existing artifact is only replaced once its successor is fully on disk.
+
+Artifacts verify themselves: a complete stage's `MANIFEST.json` lists the size
+and SHA-256 of every file in the stage folder (`describe_files`), and loading an
+artifact inside such a folder checks its files against that list first, so a
+truncated or altered file is one error naming the file, the stage and the fix.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -20,10 +28,16 @@ import numpy as np
 
 META_FILE = "meta.json"
 ARRAYS_FILE = "arrays.npz"
+# A stage folder's manifest (see explore/rundir.py); its "files" entry lists the payload.
+MANIFEST_FILE = "MANIFEST.json"
 
 
 class ArtifactError(ValueError):
   """An artifact is missing, of the wrong kind, or of an unsupported version."""
+
+
+class CorruptArtifactError(ArtifactError):
+  """A file that differs from what its stage's manifest recorded (truncated, altered, missing)."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -164,13 +178,110 @@ def load_artifact(
     (arrays, meta, version).
   """
   directory = Path(directory)
+  verify_artifact(directory)
   meta, version = _read_header(directory, kind, supported_versions)
   try:
     with np.load(directory / ARRAYS_FILE, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except FileNotFoundError:
     raise ArtifactError(f"{directory}: {ARRAYS_FILE} is missing") from None
+  except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+    raise CorruptArtifactError(
+        f"{directory / ARRAYS_FILE}: unreadable ({type(e).__name__}: {e}); re-run the stage "
+        "that writes it (explore <stage> --force)") from None
   return arrays, meta, version
+
+
+def _stream_sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+  del size, mtime_ns  # part of the cache key only: a rewritten file is hashed again
+  return _stream_sha256(Path(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """The hex SHA-256 of a file's bytes (memoized on path, size and modification time)."""
+  st = os.stat(path)
+  return _cached_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def describe_files(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+  """{relative path: {"bytes", "sha256"}} for every file below `folder` but its manifest."""
+  folder = Path(folder)
+  return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+          for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / MANIFEST_FILE}
+
+
+def check_files(folder: str | os.PathLike, expected: Mapping[str, Mapping[str, Any]],
+                hashes: bool = True, under: str = "") -> list[str]:
+  """Problems of the files below `folder` against `expected` (from `describe_files`).
+
+  Checks the files whose relative path starts with `under` (all by default):
+  each must exist with the recorded size and, when `hashes`, the recorded
+  SHA-256. Returns one line per bad file, naming it; empty when all match.
+  """
+  folder = Path(folder)
+  problems = []
+  for name, entry in sorted(expected.items()):
+    if under and not (name == under or name.startswith(under.rstrip("/") + "/")):
+      continue
+    path = folder / name
+    if not path.is_file():
+      problems.append(f"{path}: missing")
+      continue
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+      problems.append(f"{path}: {size} bytes, the manifest recorded {entry['bytes']} (truncated "
+                      "or altered)")
+    elif hashes and file_sha256(path) != entry["sha256"]:
+      problems.append(f"{path}: content differs from the manifest's SHA-256 (altered)")
+  return problems
+
+
+def corrupt_stage_message(stage: str, problems: list[str]) -> str:
+  """One error text for a stage whose files fail `check_files`: the files, then the fix."""
+  shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+  return f"stage {stage!r} is corrupt: {shown}; redo it with: explore {stage} --force"
+
+
+def _enclosing_manifest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+  """The nearest folder at or above `directory` with a manifest, and that manifest."""
+  for folder in (directory, *directory.parents):
+    manifest = folder / MANIFEST_FILE
+    if manifest.is_file():
+      try:
+        return folder, json.loads(manifest.read_text())
+      except (OSError, json.JSONDecodeError):
+        return None  # the run directory reports a malformed manifest itself
+  return None
+
+
+def verify_artifact(directory: str | os.PathLike) -> None:
+  """Checks an artifact folder against the manifest of the complete stage holding it.
+
+  Does nothing outside a run directory or inside a stage still being written
+  (its manifest lists no files yet).
+
+  Raises:
+    CorruptArtifactError: naming each bad file, the stage, and the command that redoes it.
+  """
+  directory = Path(directory).resolve()
+  found = _enclosing_manifest(directory)
+  if found is None or not found[1].get("files"):
+    return
+  stage_folder, manifest = found
+  under = directory.relative_to(stage_folder).as_posix()
+  problems = check_files(stage_folder, manifest["files"], under="" if under == "." else under)
+  if problems:
+    raise CorruptArtifactError(corrupt_stage_message(manifest.get("stage", stage_folder.name),
+                                                     problems))
 
 
 def artifact_size_bytes(path: str | os.PathLike) -> int:

@@ -106,8 +106,10 @@ def _quiet_gin_file_search():
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-              gin_search_paths: Sequence[str] = ()) -> list[Path]:
+              gin_search_paths: Sequence[str] = (), check_required: bool = True) -> list[Path]:
   """Parses files then bindings into the global gin config; returns the files used.
+
+  `check_required=False` accepts required macros left unset (for `explore help`).
 
   Raises:
     ConfigError: naming the file or binding that failed, or a required macro
@@ -131,7 +133,8 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
       gin.parse_config(binding)
     except (ValueError, KeyError, SyntaxError) as e:
       raise ConfigError(f"gin binding {binding!r}: {_first_line(e)}") from None
-  check_required_macros(declared)
+  if check_required:
+    check_required_macros(declared)
   return resolved
 
 
@@ -200,8 +203,51 @@ def configurable_bindings(name: str) -> dict[str, Any]:
   return {k: canonical_value(v) for k, v in sorted(params.items())}
 
 
-def write_config(run_dir: str | os.PathLike, text: str, name: str = "config.gin") -> Path:
-  """Writes a gin config text into the run directory atomically."""
-  path = Path(run_dir) / name
-  artifacts.atomic_write_text(path, text)
-  return path
+def _references(value: Any):
+  """The gin references (configurables and macros) inside a binding value, nested ones too."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    yield value
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _references(v)
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _references(v)
+
+
+def configurables_config_str(names: Sequence[str]) -> str:
+  """Gin text that sets `names` (and what their values reference) as they are now.
+
+  Each configurable's parameters are its code defaults overlaid with its
+  bindings, as `configurable_bindings` reads them, so parsing the text
+  reproduces the same stage config; configurables and macros referenced by a
+  value are written too. The operative config of one stage, unlike
+  `gin.operative_config_str()`, which covers whatever ran in this process.
+  """
+  # pylint: disable=protected-access
+  subset: dict[tuple[str, str], dict[str, Any]] = {}
+  pending = [("", name) for name in names]
+  while pending:
+    scope, name = pending.pop()
+    configurable = gin.config._REGISTRY.get_match(name)
+    if configurable is None or (scope, configurable.selector) in subset:
+      continue
+    key = (scope, configurable.selector)
+    params: dict[str, Any] = {}
+    if configurable.wrapped is not gin.config.macro:
+      for param in inspect.signature(configurable.wrapped).parameters.values():
+        bindable = (param.name not in (configurable.denylist or ())
+                    and (not configurable.allowlist or param.name in configurable.allowlist))
+        if (bindable and param.default is not inspect.Parameter.empty
+            and param.default is not gin.REQUIRED):
+          params[param.name] = param.default
+    params.update(gin.config._CONFIG.get(key, {}))
+    subset[key] = params
+    for reference in _references(list(params.values())):
+      ref_scope, _, ref_name = reference.scoped_selector.rpartition("/")
+      if ref_name == "gin.macro":
+        pending.append((ref_scope, "gin.macro"))
+      else:
+        pending.append(("", ref_name))
+  return gin.config._config_str(subset)
+  # pylint: enable=protected-access

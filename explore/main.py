@@ -5,13 +5,16 @@ r"""The `explore` command line (T5X conventions: gin files, --gin.NAME=VALUE).
   explore status --gin_file=quickstart.gin --gin.RUN_DIR="'/tmp/explore'"
   python -m explore.main run --gin_file=quickstart.gin --cpu_devices=8 ...
 
-Commands: `run` (every stage), `status` (each stage's state), or one or more
-stage names (each runs after the stages it needs that are not complete yet).
+Commands: `run` (every stage), `status` (each stage's state), `help [STAGE]`,
+or one or more stage names (each runs after the stages it needs that are not
+complete yet). `explore --help` lists them with the stages and the main flags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import sys
 from typing import Sequence
@@ -22,6 +25,7 @@ from absl import logging
 import gin
 
 from explore import gin_config
+from explore.serving import cli as serving_cli  # recommend / serve and their flags
 
 FLAGS = flags.FLAGS
 
@@ -33,6 +37,8 @@ flags.DEFINE_list("gin_search_paths", [], "Extra folders to look for gin files a
 flags.DEFINE_integer("cpu_devices", None, "Emulate this many CPU devices (set before JAX starts).")
 flags.DEFINE_bool("force", False, "Redo the named stages even if complete (stages after them are "
                   "rebuilt).")
+flags.DEFINE_bool("verify", False, "status: also check every file's SHA-256 against its stage's "
+                  "manifest (sizes are always checked).")
 flags.DEFINE_bool("dry_run", False, "Load, validate and print the config, then stop.")
 flags.DEFINE_enum("multihost", "auto", ["auto", "true", "false"],
                   "Call jax.distributed.initialize(): auto = when a multi-host TPU slice or a "
@@ -60,6 +66,10 @@ class RunConfig:
           "(quote it in flags: --gin.RUN_DIR=\"'/tmp/run'\")")
     if not isinstance(self.seed, int):
       raise gin_config.ConfigError(f"RunConfig.seed must be an int, got {self.seed!r}")
+
+
+# Settings of the whole run rather than of one stage, written at the top of RUN_DIR/config.gin.
+RUN_LEVEL_CONFIGURABLES = ("RunConfig", "MeshConfig", "logical_axis_rules")
 
 
 def _emulate_cpu_devices(n: int) -> None:
@@ -94,12 +104,88 @@ def _initialize_distributed() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def _print_status(rows) -> None:
+# The CLI's commands besides stage names: name -> one line for `explore --help`.
+COMMANDS: dict[str, str] = {
+    "run": "run every stage (each skipped when up to date)",
+    "status": "each stage's state, size and config (--verify also checks file hashes)",
+    "help": "help STAGE: a stage's description and its gin configurables with their defaults",
+    "recommend": "recommend --user=ID | --items=A,B,..: one user's exploration and regular slates",
+    "serve": "serve --port=N: the recommend API over HTTP (JSON) with a page (extra `serve`)",
+    "STAGE ...": "the named stages, after the stages they need that are not complete",
+}
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+# Flags `explore --help` shows (--helpfull lists every flag, JAX's and absl's included).
+MAIN_FLAGS = ("gin_file", "gin_bindings", "gin_search_paths", "cpu_devices", "force", "verify",
+              "dry_run", "traceback", "verbosity")
+_FLAG_HELP_OVERRIDES = {
+    "verbosity": "Logging verbosity: 0 info (the default), 1 debug, -1 warning."}
+
+
+def _first_line(text: str) -> str:
+  return text.strip().splitlines()[0].rstrip(";") if text.strip() else ""
+
+
+def usage() -> str:
+  """`explore --help`: the commands, each registered stage in one line, and the main flags."""
+  from explore import stages  # pylint: disable=g-import-not-at-top
+  stages.load_builtin_stages()
+  lines = ["usage: explore COMMAND [--gin_file=FILE ...] [--gin.NAME=VALUE ...] [flags]", "",
+           "commands:"]
+  lines += [f"  {name:<13}{text}" for name, text in COMMANDS.items()]
+  lines += ["", "stages (in dependency order):"]
+  for stage in stages.execution_order(sorted(stages.registered_stages())):
+    after = f" [after {', '.join(stage.deps)}]" if stage.deps else ""
+    lines.append(f"  {stage.name:<13}{_first_line(stage.doc)}{after}")
+  lines += ["", "main flags:"]
+  for name in MAIN_FLAGS:
+    flag = FLAGS[name]
+    text = _FLAG_HELP_OVERRIDES.get(name) or _first_line(flag.help)
+    default = "" if flag.default in (None, [], False) or name in _FLAG_HELP_OVERRIDES else (
+        f" (default: {flag.default})")
+    lines.append(f"  --{name:<18}{text}{default}")
+  lines += ["", "Example: explore run --gin_file=quickstart.gin --gin.RUN_DIR=\"'/tmp/explore'\"",
+            "All flags: explore --helpfull.  Configurables of a stage: explore help STAGE."]
+  return "\n".join(lines)
+
+
+def stage_help(name: str) -> str:
+  """`explore help STAGE`: the stage's docstring, inputs, and configurables with their values.
+
+  The values are the code defaults overlaid with the gin files and bindings given.
+  """
+  from explore import stages  # pylint: disable=g-import-not-at-top
+  (stage,) = [s for s in stages.execution_order([name]) if s.name == name]
+  lines = [f"stage {stage.name}: {stage.doc or '(no description)'}",
+           f"reads: {', '.join(stage.deps) or 'nothing from the run directory'}",
+           f"configurables: {', '.join(stage.configurables) or 'none'}",
+           "", "# Defaults, overlaid with the given gin files and bindings:",
+           gin_config.configurables_config_str(stage.configurables)]
+  return "\n".join(lines)
+
+
+def _print_status(rows) -> int:
+  """Prints the status table, then each corrupt stage's files; 1 when a stage is corrupt."""
   print(f"{'stage':<14}{'state':<10}{'size':>12}  {'config':<18}current")
   for row in rows:
     size = f"{row['bytes'] / 1e6:.2f} MB" if row["bytes"] else "-"
     print(f"{row['stage']:<14}{row['state']:<10}{size:>12}  {row['config_hash'] or '-':<18}"
           f"{row['current'] or '-'}")
+  corrupt = [row for row in rows if row["problems"]]
+  for row in corrupt:
+    print(f"{row['stage']}: corrupt (redo it with: explore {row['stage']} --force)")
+    for problem in row["problems"]:
+      print(f"  {problem}")
+  return 1 if corrupt else 0
+
+
+def _write_run_config(stages, run_dir, run_config: str, after_failure: bool = False) -> None:
+  """Writes RUN_DIR/config.gin; after a failure, its own error is logged, not raised over it."""
+  try:
+    logging.info("config written to %s", stages.write_run_config(run_dir, run_config))
+  except OSError as e:
+    if not after_failure:
+      raise
+    logging.warning("could not rewrite the run's config.gin: %s", describe_os_error(e))
 
 
 def run_command(command: Sequence[str]) -> int:
@@ -114,7 +200,14 @@ def run_command(command: Sequence[str]) -> int:
     _emulate_cpu_devices(FLAGS.cpu_devices)
   stages.load_builtin_stages()
   from explore import partitioning  # pylint: disable=g-import-not-at-top
+  if command[0] == "help":
+    gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths,
+                         check_required=False)
+    print("\n\n".join(stage_help(name) for name in command[1:]) if command[1:] else usage())
+    return 0
   gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  if command[0] in serving_cli.COMMANDS:
+    return serving_cli.run_command(command, None if FLAGS.run_dir else RunConfig().run_dir)
   config = RunConfig()
   targets = list(command)
   if targets == ["run"]:
@@ -136,15 +229,20 @@ def run_command(command: Sequence[str]) -> int:
 
   run_dir = rundir.RunDir(config.run_dir)
   if targets == ["status"]:
-    _print_status(stages.status_table(run_dir, config.seed))
-    return 0
+    return _print_status(stages.status_table(run_dir, config.seed, verify=FLAGS.verify))
   is_chief = jax.process_index() == 0
-  if is_chief:
-    path = gin_config.write_config(config.run_dir, gin.config_str())
-    logging.info("config written to %s", path)
-  done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force)
-  if is_chief:
-    gin_config.write_config(config.run_dir, gin.operative_config_str())
+  # One writer per run directory: process 0 holds its lock for the whole command.
+  run_config = gin_config.configurables_config_str(RUN_LEVEL_CONFIGURABLES) if is_chief else None
+  with run_dir.lock() if is_chief else contextlib.nullcontext():
+    try:
+      done = stages.run_stages(targets, run_dir, seed=config.seed, mesh=mesh, force=FLAGS.force,
+                               run_config=run_config)
+    except BaseException:
+      if is_chief:  # the union of the complete stages' configs, also after a failure
+        _write_run_config(stages, run_dir, run_config, after_failure=True)
+      raise
+    if is_chief:
+      _write_run_config(stages, run_dir, run_config)
   for name, action in done:
     verb = {"skip": "up to date", "run": "ran", "rebuild": "rebuilt"}[action]
     print(f"== {name}: {verb}")
@@ -153,7 +251,36 @@ def run_command(command: Sequence[str]) -> int:
   return 0
 
 
-_USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+_USER_ERRORS = (ValueError, KeyError, OSError)
+
+# What to do about the operating system's faults a user can fix, by errno.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or choose a RUN_DIR on another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another RUN_DIR",
+    errno.EROFS: "the file system is read-only: choose a writable RUN_DIR",
+    errno.EACCES: "permission denied: fix the permissions or choose another RUN_DIR",
+    errno.EPERM: "operation not permitted: fix the permissions or choose another RUN_DIR",
+    errno.ENOTDIR: "a parent of the path is a file, not a directory",
+    errno.EEXIST: "the path exists already, as another kind of file",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+  """One line for an operating-system error: the path(s), the cause, and what to do."""
+  paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+  cause = e.strerror or str(e)
+  hint = _OS_ERROR_HINTS.get(e.errno)
+  return ": ".join(part for part in (paths, cause, hint) if part)
+
+
+def error_message(e: BaseException) -> str:
+  """The one-line `explore: error:` text for an input, config or OS error."""
+  if isinstance(e, OSError):
+    return describe_os_error(e)
+  if isinstance(e, KeyError) and e.args:
+    return str(e.args[0])
+  message = str(e)
+  return message.splitlines()[0] if isinstance(e, RuntimeError) else message
 
 
 def main(argv: Sequence[str]) -> None:
@@ -163,16 +290,17 @@ def main(argv: Sequence[str]) -> None:
     is_gin_required = isinstance(e, RuntimeError) and "Required bindings" in str(e)
     if FLAGS.traceback or (isinstance(e, RuntimeError) and not is_gin_required):
       raise
-    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if is_gin_required:
-      message = message.splitlines()[0]
-    print(f"explore: error: {message}", file=sys.stderr)
+    print(f"explore: error: {error_message(e)}", file=sys.stderr)
     sys.exit(1)
   sys.exit(status)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing after rewriting --gin.NAME=VALUE; bad flags exit 2 with a message."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    FLAGS([argv[0]])  # defaults, so the flag table can be read
+    print(usage())
+    sys.exit(0)
   try:
     argv = gin_config.rewrite_gin_args(argv)
     return FLAGS(argv)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
+from explore import artifacts
 from explore import gin_config
 from explore import rundir as rundir_lib
 
@@ -32,6 +33,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.llm.stage",
     "explore.seqrec.stage",
     "explore.precompute.stage",
+    "explore.sim.stage",
 )
 
 
@@ -63,13 +65,20 @@ class StageContext:
   mesh: Any = None
 
   def input_path(self, dep: str) -> Path:
+    """The complete folder of input stage `dep`, after checking its files' sizes."""
     if dep not in self.stage.deps:
       raise StageError(f"stage {self.stage.name!r} reads {dep!r} but does not declare it in deps")
+    self.run_dir.check_complete(dep)
     return self.run_dir.complete_path(dep)
 
 
+# A complete stage's operative config (gin text), in its own folder.
+STAGE_CONFIG_FILE = "config.gin"
+# RUN_DIR/config.gin: the run-level settings and the union of the complete stages' configs.
+RUN_CONFIG_FILE = "config.gin"
+
 _REGISTRY: dict[str, Stage] = {}
-RESERVED_NAMES = ("run", "status", "recommend")
+RESERVED_NAMES = ("run", "status", "help", "recommend", "serve", "export")
 
 
 def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = (),
@@ -141,8 +150,11 @@ def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
             inputs: dict[str, str], force: bool) -> str:
   """'skip', 'run' or 'rebuild' for one stage, or raises on a config conflict."""
   manifest = run_dir.manifest(stage.name)
-  if force or run_dir.state(stage.name) != "complete" or manifest is None:
+  state = run_dir.state(stage.name)
+  if force or state not in ("complete", "corrupt") or manifest is None:
     return "run"
+  if state == "corrupt":
+    run_dir.check_complete(stage.name)  # raises, naming the files and the fix
   if manifest.config_hash != rundir_lib.fingerprint(config):
     diff = "\n  ".join(rundir_lib.config_diff(manifest.config, config))
     raise StageError(
@@ -167,11 +179,13 @@ def _stage_inputs(stage: Stage, run_dir: rundir_lib.RunDir) -> dict[str, str]:
 
 
 def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, mesh: Any = None,
-               force: bool = False) -> list[tuple[str, str]]:
+               force: bool = False, run_config: str | None = None) -> list[tuple[str, str]]:
   """Runs `targets` after whatever they depend on that is not up to date.
 
   Returns (stage, action) pairs, action in {'skip', 'run', 'rebuild'}.
   `force` redoes the targets themselves; stages after a redone one are rebuilt.
+  With `run_config` (gin text of the run-level settings), RUN_DIR/config.gin is
+  rewritten after each stage completes (see `write_run_config`).
   """
   order = execution_order(targets)
   # Check every stage before running any, so a conflict is reported before work starts.
@@ -192,20 +206,85 @@ def run_stages(targets: Sequence[str], run_dir: rundir_lib.RunDir, seed: int, me
     summary = stage.run(StageContext(stage=stage, run_dir=run_dir, path=path, seed=seed, mesh=mesh))
     summary = dict(summary or {})
     summary.setdefault("seconds", round(time.time() - start, 3))
+    write_stage_record(stage, path, summary)
     run_dir.finish(stage.name, summary)
+    if run_config is not None:
+      write_run_config(run_dir, run_config)
     logging.info("stage %s: complete in %.1f s", stage.name, time.time() - start)
     done.append((stage.name, action))
   return done
 
 
-def status_table(run_dir: rundir_lib.RunDir, seed: int) -> list[dict[str, Any]]:
-  """One row per registered stage: state, size, config hash, whether it is current."""
+def summary_scalars(summary: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+  """The numbers of a stage summary as TensorBoard tags: nested keys joined by '/'.
+
+  E.g. {"hit@5": {"llm": 0.28}} -> {"hit@5/llm": 0.28}; strings, lists and
+  booleans are left out.
+  """
+  out: dict[str, float] = {}
+  for key, value in summary.items():
+    tag = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(summary_scalars(value, tag + "/"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[tag] = float(value)
+  return out
+
+
+def write_stage_record(stage: Stage, path: Path, summary: Mapping[str, Any]) -> None:
+  """Writes the stage's operative config into its folder, and config and numbers for TensorBoard.
+
+  The gin text (`config.gin`) sets every configurable the stage's fingerprint
+  covers (defaults included), so parsing it reproduces the stage config.
+  TensorBoard shows, under the stage's run (its folder), the config as text
+  (`gin/operative_config`, indented: Markdown code) and every number of the
+  summary as a scalar (e.g. `hit@5/llm`, `model/test/hr@10`), beside the
+  training scalars the stage's trainer wrote below it.
+  """
+  from explore.train import tfevents  # pylint: disable=g-import-not-at-top
+  text = gin_config.configurables_config_str(stage.configurables)
+  artifacts.atomic_write_text(path / STAGE_CONFIG_FILE,
+                              f"# Operative config of stage {stage.name!r}.\n{text}")
+  for old in path.glob("events.out.tfevents.*"):  # a resumed stage's earlier attempt
+    old.unlink()
+  with tfevents.EventFileWriter(path) as events:
+    events.text(0, "gin/operative_config", "\n".join("    " + line for line in text.splitlines()))
+    events.scalars(0, summary_scalars(summary))
+
+
+def write_run_config(run_dir: rundir_lib.RunDir, run_config: str) -> Path:
+  """Writes RUN_DIR/config.gin: `run_config`, then each complete stage's own config.
+
+  Stages come in dependency order, so `explore run --gin_file=RUN_DIR/config.gin`
+  reproduces every complete stage (each is reported up to date), whatever
+  sequence of commands (no-op reruns, failed `--force` redos) made the run directory.
+  """
+  parts = [f"# The run's config: run-level settings, then each complete stage's operative "
+           f"config.\n{run_config}"]
+  for stage in execution_order(sorted(_REGISTRY)):
+    stage_file = run_dir.complete_path(stage.name) / STAGE_CONFIG_FILE
+    if run_dir.manifest(stage.name) is not None and stage_file.is_file():
+      parts.append(stage_file.read_text())
+  path = run_dir.root / RUN_CONFIG_FILE
+  artifacts.atomic_write_text(path, "\n".join(parts))
+  return path
+
+
+def status_table(run_dir: rundir_lib.RunDir, seed: int, verify: bool = False
+                 ) -> list[dict[str, Any]]:
+  """One row per registered stage: state, size, config hash, whether it is current.
+
+  A complete stage whose files differ in size from its manifest is 'corrupt';
+  with `verify`, so is one whose files' SHA-256 differ. `problems` names the files.
+  """
   rows = []
   for stage in execution_order(sorted(_REGISTRY)):
-    state = run_dir.state(stage.name)
+    problems = run_dir.verify(stage.name, hashes=verify)
+    state = "corrupt" if problems else run_dir.state(stage.name)
     manifest = run_dir.manifest(stage.name)
     row = {"stage": stage.name, "state": state, "bytes": run_dir.size_bytes(stage.name),
-           "config_hash": manifest.config_hash if manifest else "", "current": ""}
+           "config_hash": manifest.config_hash if manifest else "", "current": "",
+           "problems": problems}
     if manifest is not None:
       same = manifest.config_hash == rundir_lib.fingerprint(stage_config(stage, seed))
       row["current"] = "yes" if same else "no (config differs)"

@@ -55,3 +55,15 @@ def test_metric_writer_writes_events_and_jsonl(tmp_path):
   (events_file,) = (tmp_path / "train").glob("events.out.tfevents.*")
   tags = {v.tag for e in _read_with_tensorflow(events_file) for v in e.summary.value}
   assert tags == {"loss", "accuracy"}
+
+
+def test_tensorflow_reads_back_a_text_summary(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  writer = tfevents.EventFileWriter(tmp_path)
+  writer.text(0, "gin/operative_config", "    f.a = 1\n    f.b = 'x'")
+  writer.close()
+  (event,) = _read_with_tensorflow(writer.path)[1:]
+  (value,) = event.summary.value
+  assert value.tag == "gin/operative_config"
+  assert value.metadata.plugin_data.plugin_name == "text"
+  assert tf.make_ndarray(value.tensor).item().decode() == "    f.a = 1\n    f.b = 'x'"

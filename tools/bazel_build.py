@@ -30,8 +30,11 @@ THIRD_PARTY = {
     "pyarrow": "pyarrow", "pytest": "pytest", "scipy": "scipy", "seqio": "seqio",
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
-    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers",
+    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "tqdm": "tqdm",
+    "starlette": "starlette", "uvicorn": "uvicorn",
 }
+# Files a module reads at run time besides Python (the serving page's HTML and JS).
+DATA_GLOBS = {"explore/serving/server.py": 'glob(["static/*"])'}
 HEADER = ('load("@rules_python//python:defs.bzl", "py_binary", "py_library", "py_test")\n'
           'load("@pip//:requirements.bzl", "requirement")\n\n'
           'package(default_visibility = ["//visibility:public"])\n')
@@ -67,7 +70,10 @@ def target_of(path: Path) -> str:
 
 
 def _imported_names(path: Path) -> list[str]:
-  """Dotted names a file imports; `from a import b` gives a.b when b is a module, else a."""
+  """Dotted names a file imports; `from a import b` gives a.b when b is a module, else a.
+
+  Optional dependencies imported through `explore.extras.require` count as imports.
+  """
   tree = ast.parse(path.read_text(), filename=str(path))
   names: list[str] = []
   for node in ast.walk(tree):
@@ -77,6 +83,10 @@ def _imported_names(path: Path) -> list[str]:
       for alias in node.names:
         full = f"{node.module}.{alias.name}"
         names.append(full if _module_file(full) is not None else node.module)
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == "require" and getattr(node.func.value, "id", "") == "extras"
+          and node.args and isinstance(node.args[0], ast.Constant)):
+      names.append(node.args[0].value)  # an optional import: extras.require("seqio", ...)
   return names
 
 
@@ -141,6 +151,8 @@ def render_build(folder: Path) -> str:
         lines.append(f'    main = "{path.name}",')
       if rule == "py_test":
         lines.append('    data = ["//:configs"],')
+      if path.relative_to(ROOT).as_posix() in DATA_GLOBS:
+        lines.append(f"    data = {DATA_GLOBS[path.relative_to(ROOT).as_posix()]},")
       if deps:
         lines.append("    deps = [")
         lines.extend(f"        {_starlark_label(d)}," for d in deps)

@@ -19,6 +19,7 @@ from absl import logging
 import gin
 import numpy as np
 
+from explore import progress
 from explore import stages
 from explore.clusters import descriptions as descriptions_lib
 from explore.clusters import embeddings as embeddings_lib
@@ -88,9 +89,11 @@ def clusters_stage(ctx: stages.StageContext) -> dict[str, Any]:
   data_path = ctx.input_path("data")
   interactions = data_stage.load_interactions(data_path)
   catalog = data_stage.load_catalog(data_path)
-  embeddings = embeddings_lib.co_engagement_embeddings(interactions)
+  with progress.phase(f"clusters: co-engagement embeddings of {interactions.num_items} items"):
+    embeddings = embeddings_lib.co_engagement_embeddings(interactions)
   embeddings.save(ctx.path / EMBEDDINGS)
-  tree = tree_lib.build_cluster_tree(embeddings.embeddings)
+  with progress.phase("clusters: cluster tree"):
+    tree = tree_lib.build_cluster_tree(embeddings.embeddings)
   level = _resolve_level(tree, exploration_level())
   tree = dataclasses.replace(tree, meta={**tree.meta, "exploration_level": level})
   tree.save(ctx.path / TREE)
@@ -98,13 +101,15 @@ def clusters_stage(ctx: stages.StageContext) -> dict[str, Any]:
   # Words of popular items count more (log of positive engagements per item).
   popularity = np.log1p(np.bincount(interactions.item[interactions.positive],
                                     minlength=interactions.num_items))
-  descriptions = descriptions_lib.describe_clusters(catalog, item_to_cluster, tree.levels[level],
-                                                    weights=popularity)
+  with progress.phase(f"clusters: descriptions of the {tree.levels[level]} clusters"):
+    descriptions = descriptions_lib.describe_clusters(catalog, item_to_cluster,
+                                                      tree.levels[level], weights=popularity)
   descriptions.save(ctx.path / DESCRIPTIONS)
 
   world = data_stage.load_world(data_path)
   truth = ground_truth_labels(world, tree.levels) if world is not None else None
-  reports = quality.tree_quality(tree, embeddings.embeddings, labels_true=truth, seed=ctx.seed)
+  with progress.phase("clusters: quality report"):
+    reports = quality.tree_quality(tree, embeddings.embeddings, labels_true=truth, seed=ctx.seed)
   for report in reports:
     logging.info("clusters level %d: %s", report["level"],
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

@@ -25,6 +25,7 @@ import gin
 import numpy as np
 
 from explore import artifacts
+from explore import progress
 
 TREE_KIND = "cluster_tree"
 TREE_VERSION = 1
@@ -221,8 +222,16 @@ def build_cluster_tree(
   if strategy not in builders:
     raise ClusterTreeError(f"build_cluster_tree: strategy {strategy!r} is not one of "
                            f"{sorted(builders)}")
-  assignments, costs = builders[strategy](vectors, levels, weights, seed, balanced_kmeans,
-                                          coarse_restarts)
+  with progress.Progress("clusters: balanced k-means", total=len(levels), unit="cuts",
+                         every_seconds=0) as cuts:
+
+    def kmeans(*args, **kwargs):
+      result = balanced_kmeans(*args, **kwargs)
+      cuts.update()
+      return result
+
+    assignments, costs = builders[strategy](vectors, levels, weights, seed, kmeans,
+                                            coarse_restarts)
   parents = [np.full(levels[0], -1, np.int32)] + [
       (np.arange(k) // (k // levels[i])).astype(np.int32) for i, k in enumerate(levels[1:])]
   meta = {"seed": seed, "strategy": strategy, "weighted": weights is not None,

@@ -1,4 +1,4 @@
-"""The planner's decoder LLM: model, training task and pretrained checkpoint import."""
+"""The planner's decoder LLM: model, training task, checkpoint import, trie-constrained decoding."""
 
 from explore.llm.checkpoint_import import CheckpointImportError
 from explore.llm.checkpoint_import import ImportedCheckpoint
@@ -7,6 +7,7 @@ from explore.llm.checkpoint_import import import_hf_checkpoint
 from explore.llm.checkpoint_import import write_initial_checkpoint
 from explore.llm.checkpoint_tokenizer import HfTokenizer
 from explore.llm.checkpoint_tokenizer import load_checkpoint_tokenizer
+from explore.llm.decode_steps import DecodingError
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import DecoderBlock
 from explore.llm.decoder import KVCache
@@ -18,6 +19,8 @@ from explore.llm.decoder_config import DecoderConfigError
 from explore.llm.decoder_task import DecoderTask
 from explore.llm.decoder_task import DecoderTaskError
 from explore.llm.decoder_task import token_cross_entropy
+from explore.llm.decoding import ConstrainedDecoder
+from explore.llm.decoding import beam_search
 from explore.llm.lora import merge_lora
 from explore.llm.lora import trainable_filter
 from explore.llm.safetensors_reader import SafetensorsError
@@ -27,6 +30,9 @@ from explore.llm.features import candidate_targets
 from explore.llm.features import novel_interest_arrays
 from explore.llm.features import pair_repeats
 from explore.llm.features import prefix_lm_examples
+from explore.llm.sampling import best_of_n
+from explore.llm.sampling import constrained_sample
+from explore.llm.sampling import per_cluster_scorer
 from explore.llm.tokenizer import TextTokenizer
 from explore.llm.tokenizer import Tokenizer
 from explore.llm.tokenizer import TokenizerError
@@ -35,3 +41,5 @@ from explore.llm.tokenizer import check_vocab_matches
 from explore.llm.tokenizer import seqio_vocabulary
 from explore.llm.tokenizer import sentencepiece_corpus
 from explore.llm.tokenizer import train_sentencepiece
+from explore.llm.trie import ClusterTrie
+from explore.llm.trie import TrieError

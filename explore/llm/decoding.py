@@ -30,37 +30,20 @@ import numpy as np
 
 from explore.llm import features
 from explore.llm import scoring
+from explore.llm.decode_steps import DecodingError
+from explore.llm.decode_steps import check_exclude
+from explore.llm.decode_steps import decode_tokens
+from explore.llm.decode_steps import gather_rows
+from explore.llm.decode_steps import run_levels
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import KVCache
+from explore.llm.sampling import best_of_n  # pylint: disable=unused-import
+from explore.llm.sampling import constrained_sample  # pylint: disable=unused-import
+from explore.llm.sampling import per_cluster_scorer  # pylint: disable=unused-import
 from explore.llm.trie import Candidates
 from explore.llm.trie import ClusterTrie
+from explore.llm.trie import Exclusion
 from explore.llm.trie import TrieArrays
-
-
-class DecodingError(ValueError):
-  """Decoding settings or inputs that cannot be used (beams, exclusions, shapes)."""
-
-
-def gather_rows(cache: KVCache, parents: jax.Array) -> KVCache:
-  """Cache rows [b * r] -> [b * k]: row (i, j) is old row (i, parents[i, j]); parents [b, k]."""
-  b, k = parents.shape
-
-  def take(x):
-    grouped = x.reshape((b, -1) + x.shape[1:])  # [b, r, ...]
-    index = parents.reshape((b, k) + (1,) * (x.ndim - 1))
-    return jnp.take_along_axis(grouped, index, axis=1).reshape((b * k,) + x.shape[1:])
-
-  return KVCache(keys=tuple(map(take, cache.keys)), values=tuple(map(take, cache.values)),
-                 valid=take(cache.valid), index=cache.index)
-
-
-def decode_tokens(model: Decoder, cache: KVCache, tokens: jax.Array, prompt_lengths: jax.Array,
-                  step: jax.Array) -> tuple[jax.Array, KVCache]:
-  """Feeds output token `step` of k rows per prompt: tokens [b, k] -> ([b, k, V] log-probs, cache)."""
-  b, k = tokens.shape
-  positions = jnp.repeat(prompt_lengths + 1 + step, k)[:, None]  # [b * k, 1]
-  logits, cache = model.decode_step(tokens.reshape(b * k, 1), cache, positions)
-  return jax.nn.log_softmax(logits[:, 0]).reshape(b, k, -1), cache
 
 
 @struct.dataclass
@@ -84,7 +67,8 @@ def _top(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   return jax.lax.top_k(values, k)
 
 
-def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_beams: int,
+def select_beams(scores: jax.Array, cand: Candidates, leaf_cluster: jax.Array | None,
+                 num_beams: int,
                  pool_clusters: jax.Array, pool_scores: jax.Array, finish_scale: jax.Array
                  ) -> tuple[jax.Array, ...]:
   """One beam step: the next beams and the updated pool of finished clusters.
@@ -92,7 +76,7 @@ def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_b
   Args:
     scores: [b, k] summed log-probs of the beams.
     cand: the beams' candidates, [b, k, F].
-    clusters: [b, k, F] the cluster each candidate finishes, -1 if it does not.
+    leaf_cluster: [N] the cluster a node ends, -1 on inner nodes (None: none ends).
     num_beams: beams kept per prompt.
     pool_clusters, pool_scores: [b, n] finished so far, best first.
     finish_scale: multiplies a finished summed score (1, or 1 / tokens).
@@ -105,7 +89,8 @@ def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_b
   top_scores, index = _top(total, 2 * num_beams)  # [b, 2k]; at most k of them finish
   index = jnp.minimum(index, k * f - 1)
   pick = lambda x: jnp.take_along_axis(x.reshape(b, k * f), index, axis=1)  # [b, 2k]
-  finished = pick(clusters)  # [b, 2k]
+  finished = (jnp.full(index.shape, -1, jnp.int32) if leaf_cluster is None
+              else leaf_cluster[pick(cand.nodes)])  # [b, 2k]
   ends = (finished >= 0) & jnp.isfinite(top_scores)
   merged = jnp.concatenate([pool_scores, jnp.where(ends, top_scores * finish_scale, -jnp.inf)], 1)
   pool_scores, at = jax.lax.top_k(merged, pool_scores.shape[1])  # [b, n]
@@ -119,37 +104,19 @@ def select_beams(scores: jax.Array, cand: Candidates, clusters: jax.Array, num_b
 
 
 def _beam_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, beams: _Beams,
-               prompt_lengths: jax.Array, allowed: jax.Array, length_normalize: bool) -> _Beams:
+               prompt_lengths: jax.Array, exclusion: Exclusion, length_normalize: bool) -> _Beams:
   """Advances every beam by one token at trie `level` (static; `step` is its index)."""
   cache, log_probs = beams.cache, beams.log_probs
   if level > 0:  # feed the tokens the last step chose; level 0 reads the prefill
     cache = gather_rows(cache, beams.parents)
     log_probs, cache = decode_tokens(model, cache, beams.tokens, prompt_lengths, step - 1)
-  cand = trie.candidates(level, log_probs, beams.nodes, allowed)  # [b, k, F]
+  cand = trie.candidates(level, log_probs, beams.nodes, exclusion)  # [b, k, F]
   scale = 1.0 / (step + 1).astype(jnp.float32) if length_normalize else jnp.float32(1.0)
   scores, parents, tokens, nodes, pool_clusters, pool_scores = select_beams(
-      beams.scores, cand, trie.leaf_cluster[cand.nodes], beams.nodes.shape[1],
+      beams.scores, cand, trie.leaf_cluster, beams.nodes.shape[1],
       beams.pool_clusters, beams.pool_scores, scale)
   return _Beams(cache=cache, log_probs=log_probs, nodes=nodes, scores=scores, parents=parents,
                 tokens=tokens, pool_clusters=pool_clusters, pool_scores=pool_scores)
-
-
-def run_levels(trie: TrieArrays, state, step_fn, keep_going=None):
-  """Runs step_fn(level, step, state) over the trie's levels: unrolled, then one while_loop.
-
-  The dense levels (and level 0) are unrolled with their own static level;
-  the rest run in a `lax.while_loop` with the first CSR level as the static
-  level (its candidate width covers every level below), while `keep_going(state)`.
-  """
-  first_loop = min(max(trie.dense_levels, 1), trie.depth)
-  for level in range(first_loop):
-    state = step_fn(level, jnp.int32(level), state)
-  if trie.depth > first_loop:
-    keep_going = keep_going or (lambda state: jnp.bool_(True))
-    cond = lambda carry: (carry[0] < trie.depth) & keep_going(carry[1])
-    body = lambda carry: (carry[0] + 1, step_fn(first_loop, carry[0], carry[1]))
-    _, state = jax.lax.while_loop(cond, body, (jnp.int32(first_loop), state))
-  return state
 
 
 def _improvable(beams: _Beams) -> jax.Array:
@@ -174,27 +141,49 @@ def beam_search_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array,
       parents=jnp.broadcast_to(jnp.arange(k), (b, k)), tokens=jnp.zeros((b, k), jnp.int32),
       pool_clusters=jnp.full((b, top_n), -1, jnp.int32),
       pool_scores=jnp.full((b, top_n), -jnp.inf, jnp.float32))
-  allowed = trie.allowed_leaf_counts(exclude)  # [b, N]
+  exclusion = trie.exclusion(exclude)
   step = lambda level, i, state: _beam_step(model, trie, level, i, state, prompt_lengths,
-                                            allowed, length_normalize)
+                                            exclusion, length_normalize)
   stop = _improvable if early_stop and not length_normalize else None
   beams = run_levels(trie, beams, step, stop)
   return beams.pool_clusters, beams.pool_scores
 
 
-def check_exclude(exclude: np.ndarray | None, n: int, num_clusters: int) -> np.ndarray:
-  """[n, E] int32 excluded cluster ids (-1 padding; None: none); DecodingError if out of range."""
-  if exclude is None:
-    return np.full((n, 1), -1, np.int32)
-  exclude = np.asarray(exclude, np.int32)
-  if exclude.ndim != 2 or len(exclude) != n:
-    raise DecodingError(f"exclude must be [n={n}, E] cluster ids, got shape {exclude.shape}")
-  if exclude.size and (exclude.min() < -1 or exclude.max() >= num_clusters):
-    raise DecodingError(f"exclude holds ids outside [-1, {num_clusters}): "
-                        f"{sorted(set(exclude[(exclude < -1) | (exclude >= num_clusters)].tolist()))[:5]}")
-  if exclude.shape[1] == 0:
-    exclude = np.full((n, 1), -1, np.int32)
-  return exclude
+def full_vocab_beam_search_chunk(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array,
+                                 num_beams: int, num_steps: int, bos_id: int = features.BOS_ID
+                                 ) -> tuple[jax.Array, jax.Array]:
+  """Unconstrained beam search of exactly `num_steps` tokens over the whole vocabulary.
+
+  The baseline the trie is measured against (`bench/decode.py`): the same
+  prefill, cache gathers and beam selection as `beam_search_chunk`, with
+  every token a candidate at every step and nothing finishing early.
+  Returns ([b, k, num_steps] int32 token ids, [b, k] summed log-probs), best first.
+  """
+  b, k = prompts.shape[0], num_beams
+  first, cache = scoring.prefill(model, prompts, prompt_lengths, num_steps - 1, bos_id)
+  v = first.shape[-1]
+  no_pool = (jnp.zeros((b, 1), jnp.int32), jnp.full((b, 1), -jnp.inf, jnp.float32))
+
+  def select(scores, log_probs, history, step):
+    cand = Candidates(tokens=jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (b, k, v)),
+                      log_probs=log_probs, nodes=jnp.zeros((b, k, v), jnp.int32))
+    scores, parents, tokens, _, _, _ = select_beams(
+        scores, cand, None, k, *no_pool, jnp.float32(1.0))
+    history = jnp.take_along_axis(history, parents[..., None], axis=1)  # [b, k, T]
+    return scores, parents, tokens, history.at[:, :, step].set(tokens)
+
+  def body(step, carry):
+    cache, scores, parents, tokens, history = carry
+    cache = gather_rows(cache, parents)
+    log_probs, cache = decode_tokens(model, cache, tokens, prompt_lengths, step - 1)
+    return (cache,) + select(scores, log_probs, history, step)
+
+  scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf) * jnp.ones((b, 1))  # [b, k]
+  history = jnp.zeros((b, k, num_steps), jnp.int32)
+  carry = (gather_rows(cache, jnp.zeros((b, k), jnp.int32)),) + select(
+      scores, jnp.broadcast_to(first[:, None], (b, k, v)), history, 0)
+  _, scores, _, _, history = jax.lax.fori_loop(1, num_steps, body, carry)
+  return history, scores
 
 
 class ConstrainedDecoder:
@@ -218,7 +207,7 @@ class ConstrainedDecoder:
       summed scores); False runs every level (for timing).
   """
 
-  def __init__(self, model: Decoder, trie: ClusterTrie, num_beams: int = 8, top_n: int = 10,
+  def __init__(self, model: Decoder, trie: ClusterTrie, num_beams: int = 16, top_n: int = 10,
                bos_id: int = features.BOS_ID, prompts_per_chunk: int = 64,
                length_normalize: bool = False, early_stop: bool = True):
     if top_n < 1 or num_beams < top_n:
@@ -263,7 +252,7 @@ class ConstrainedDecoder:
 
 def beam_search(model: Decoder, trie: ClusterTrie, prompts: np.ndarray,
                 prompt_lengths: np.ndarray, exclude: np.ndarray | None = None,
-                num_beams: int = 8, top_n: int = 10, bos_id: int = features.BOS_ID,
+                num_beams: int = 16, top_n: int = 10, bos_id: int = features.BOS_ID,
                 length_normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """The top-n distinct clusters per prompt by log P(description + EOS | prompt).
 
@@ -280,152 +269,3 @@ def beam_search(model: Decoder, trie: ClusterTrie, prompts: np.ndarray,
                                prompts_per_chunk=max(len(prompts), 1),
                                length_normalize=length_normalize)
   return decoder(prompts, prompt_lengths, exclude)
-
-
-# Sampling ---------------------------------------------------------------------------
-
-
-@struct.dataclass
-class _Samples:
-  cache: KVCache  # b * S rows
-  log_probs: jax.Array  # [b, S, V] next-token log-probs of each sample
-  nodes: jax.Array  # [b, S] trie node reached
-  tokens: jax.Array  # [b, S] the token to feed next
-  totals: jax.Array  # [b, S] summed model log-prob of the tokens so far
-  clusters: jax.Array  # [b, S] the finished cluster, -1 while unfinished
-  key: jax.Array
-
-
-def _sample_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, s: _Samples,
-                 prompt_lengths: jax.Array, allowed: jax.Array, temperature: float) -> _Samples:
-  """Draws every unfinished sample's next token among the allowed ones."""
-  cache, log_probs = s.cache, s.log_probs
-  if level > 0:
-    log_probs, cache = decode_tokens(model, cache, s.tokens, prompt_lengths, step - 1)
-  cand = trie.candidates(level, log_probs, s.nodes, allowed)  # [b, S, F]
-  key, draw = jax.random.split(s.key)
-  choice = jax.random.categorical(draw, cand.log_probs / temperature, axis=-1)  # [b, S]
-  take = lambda x: jnp.take_along_axis(x, choice[..., None], axis=-1)[..., 0]  # [b, S]
-  live = (s.clusters < 0) & jnp.any(jnp.isfinite(cand.log_probs), axis=-1)  # [b, S]
-  nodes = jnp.where(live, take(cand.nodes), s.nodes)
-  return _Samples(cache=cache, log_probs=log_probs, nodes=nodes,
-                  tokens=jnp.where(live, take(cand.tokens), 0),
-                  totals=jnp.where(live, s.totals + take(cand.log_probs), s.totals),
-                  clusters=jnp.where(live, trie.leaf_cluster[nodes], s.clusters), key=key)
-
-
-def sample_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array, prompt_lengths: jax.Array,
-                 exclude: jax.Array, key: jax.Array, num_samples: int, temperature: float,
-                 bos_id: int = features.BOS_ID) -> tuple[jax.Array, jax.Array]:
-  """([b, S] clusters, [b, S] model log-probs) of a chunk of prompts; see `constrained_sample`."""
-  b, n = prompts.shape[0], num_samples
-  first, cache = scoring.prefill(model, prompts, prompt_lengths, trie.depth - 1, bos_id)
-  samples = _Samples(
-      cache=gather_rows(cache, jnp.zeros((b, n), jnp.int32)),
-      log_probs=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])),
-      nodes=jnp.zeros((b, n), jnp.int32), tokens=jnp.zeros((b, n), jnp.int32),
-      totals=jnp.zeros((b, n), jnp.float32), clusters=jnp.full((b, n), -1, jnp.int32), key=key)
-  allowed = trie.allowed_leaf_counts(exclude)  # [b, N]
-  step = lambda level, i, state: _sample_step(model, trie, level, i, state, prompt_lengths,
-                                              allowed, temperature)
-  samples = run_levels(trie, samples, step, lambda state: jnp.any(state.clusters < 0))
-  return samples.clusters, jnp.where(samples.clusters >= 0, samples.totals, -jnp.inf)
-
-
-def constrained_sample(model: Decoder, trie: ClusterTrie, prompts: np.ndarray,
-                       prompt_lengths: np.ndarray, exclude: np.ndarray | None = None,
-                       num_samples: int = 8, temperature: float = 1.0,
-                       rng: jax.Array | int = 0, bos_id: int = features.BOS_ID
-                       ) -> tuple[np.ndarray, np.ndarray]:
-  """Samples clusters token by token from the decoder, restricted to allowed clusters.
-
-  Each step draws from softmax(log P(token | prefix) / temperature) over the
-  tokens that lead to an allowed cluster (the constrained distribution: the
-  model's next-token distribution renormalised over the trie's allowed
-  children), so every sample is a valid, non-excluded cluster.
-
-  Args:
-    prompts, prompt_lengths, exclude, bos_id: as in `beam_search`.
-    num_samples: S samples per prompt (independent; repeats are possible).
-    temperature: > 0; 1 samples the constrained model distribution.
-    rng: a jax PRNG key or an int seed.
-  Returns:
-    ([b, S] int32 clusters, [b, S] float32 log P(description + EOS | prompt)
-    under the unconstrained model, the exact scorer's score); -1 / -inf where
-    a prompt has no allowed cluster.
-  """
-  if num_samples < 1 or not temperature > 0:
-    raise DecodingError(f"need num_samples >= 1 and temperature > 0, got {num_samples} and "
-                        f"{temperature}")
-  prompts, prompt_lengths = scoring.check_prompts(prompts, prompt_lengths)
-  exclude = check_exclude(exclude, len(prompts), trie.num_clusters)
-  key = jax.random.key(rng) if isinstance(rng, int) else rng
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def sample(state, prompts, prompt_lengths, exclude, key, trie_arrays):
-    return sample_chunk(nnx.merge(graphdef, state), trie_arrays, prompts, prompt_lengths,
-                        exclude, key, num_samples, float(temperature), int(bos_id))
-
-  clusters, scores = sample(state, prompts, prompt_lengths, exclude, key, trie.arrays())
-  return np.asarray(clusters), np.asarray(scores)
-
-
-def best_of_n(model: Decoder, trie: ClusterTrie, prompts: np.ndarray,
-              prompt_lengths: np.ndarray, exclude: np.ndarray | None = None, n: int = 8,
-              scorer=None, temperature: float = 1.0, rng: jax.Array | int = 0,
-              top_n: int = 1, bos_id: int = features.BOS_ID) -> tuple[np.ndarray, np.ndarray]:
-  """The best of n constrained samples per prompt under `scorer`.
-
-  Args:
-    prompts, prompt_lengths, exclude, temperature, rng, bos_id: as in
-      `constrained_sample`.
-    n: samples drawn per prompt.
-    scorer: None (the model's own log P(cluster | prompt)) or a callable
-      `scorer(prompts [b, P], prompt_lengths [b], clusters [b, n]) -> [b, n]`
-      (higher is better; clusters are valid ids, -1 only where a prompt has
-      no allowed cluster). A planner that scores every cluster from the
-      requests' histories (`scores(history) -> [b, M]`) plugs in through
-      `per_cluster_scorer`.
-    top_n: distinct clusters returned per prompt.
-  Returns:
-    ([b, top_n] int32 clusters, [b, top_n] float32 scores), best first; -1 /
-    -inf where fewer than top_n distinct clusters were sampled.
-  """
-  clusters, model_scores = constrained_sample(model, trie, prompts, prompt_lengths, exclude, n,
-                                              temperature, rng, bos_id)
-  scores = model_scores if scorer is None else np.asarray(
-      scorer(np.asarray(prompts), np.asarray(prompt_lengths), clusters), np.float32)
-  if scores.shape != clusters.shape:
-    raise DecodingError(f"best_of_n: the scorer returned shape {scores.shape}, expected "
-                        f"{clusters.shape} (one score per sample)")
-  scores = np.where(clusters >= 0, scores, -np.inf)
-  order = np.argsort(-scores, axis=1, kind="stable")  # [b, n]
-  clusters = np.take_along_axis(clusters, order, 1)
-  scores = np.take_along_axis(scores, order, 1)
-  repeat = np.zeros(clusters.shape, bool)  # a cluster already ranked higher in its row
-  for j in range(1, clusters.shape[1]):
-    repeat[:, j] = np.any(clusters[:, :j] == clusters[:, j:j + 1], axis=1)
-  scores = np.where(repeat | (clusters < 0), -np.inf, scores)
-  order = np.argsort(-scores, axis=1, kind="stable")[:, :top_n]
-  scores = np.take_along_axis(scores, order, 1)
-  clusters = np.where(np.isfinite(scores), np.take_along_axis(clusters, order, 1), -1)
-  if top_n > clusters.shape[1]:
-    pad = top_n - clusters.shape[1]
-    clusters = np.pad(clusters, ((0, 0), (0, pad)), constant_values=-1)
-    scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-  return clusters.astype(np.int32), scores.astype(np.float32)
-
-
-def per_cluster_scorer(scores_fn):
-  """A `best_of_n` scorer from `scores_fn(prompts, prompt_lengths) -> [b, M]` (every cluster).
-
-  E.g. `per_cluster_scorer(lambda p, l: planner.scores(histories))` for a
-  planner whose rows are the prompts' histories.
-  """
-
-  def scorer(prompts, prompt_lengths, clusters):
-    table = np.asarray(scores_fn(prompts, prompt_lengths), np.float32)  # [b, M]
-    return np.take_along_axis(table, np.maximum(clusters, 0), axis=1)  # [b, n]
-
-  return scorer

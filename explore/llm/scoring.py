@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from explore import partitioning
+from explore import progress
 from explore.llm import features
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import KVCache
@@ -145,7 +146,8 @@ class CandidateScorer:
     (out,) = run_in_chunks(
         lambda chunk, lengths: (self._score(self._state, chunk, lengths, self.candidates,
                                             self.candidate_lengths),),
-        (prompts, prompt_lengths), self.prompts_per_chunk)
+        (prompts, prompt_lengths), self.prompts_per_chunk,
+        description="hit@k scoring")
     return out
 
 
@@ -187,21 +189,27 @@ def data_parallel_jit(fn, state, in_ndims: Sequence[int | None], out_ndims
   return jitted, batch_shards(partitioning.batch_sharding(mesh, ndim=1))
 
 
-def run_in_chunks(call: Callable[..., tuple], arrays: Sequence[np.ndarray], chunk: int
-                  ) -> list[np.ndarray]:
+def run_in_chunks(call: Callable[..., tuple], arrays: Sequence[np.ndarray], chunk: int,
+                  description: str | None = None) -> list[np.ndarray]:
   """Runs `call` on `chunk` rows of `arrays` at a time (one compiled shape) and joins the rows.
 
   The last chunk is padded with copies of its first row; `call` returns a
-  tuple of [chunk, ...] arrays, whose real rows are concatenated.
+  tuple of [chunk, ...] arrays, whose real rows are concatenated. With a
+  `description`, the rows done are reported through `explore.progress`.
   """
   n = len(arrays[0])
   parts: list[list[np.ndarray]] = []
+  bar = progress.Progress(description, total=n, unit="rows") if description else None
   for start in range(0, n, chunk):
     pieces = [a[start:start + chunk] for a in arrays]
     real = len(pieces[0])
     if real < chunk:
       pieces = [np.concatenate([p, np.repeat(p[:1], chunk - real, 0)]) for p in pieces]
     parts.append([np.asarray(out)[:real] for out in call(*pieces)])
+    if bar is not None:
+      bar.update(real)
+  if bar is not None:
+    bar.close()
   if not parts:
     raise ScoringError("run_in_chunks: no rows given")
   return [np.concatenate(column) for column in zip(*parts)]

@@ -1,5 +1,8 @@
 """The novel-interest fine-tuning data as a seqio Task and Mixture (imports seqio and TensorFlow).
 
+seqio is an extra: `pip install 'explore[seqio]'`; without it, importing this
+module is one `explore.extras.MissingExtraError` naming the extra.
+
 `register_novel_interest_tasks(task_source_dir, vocabulary)` registers a Task
 reading the `transitions` stage's `train.tsv` / `test.tsv` (header skipped)
 and a Mixture of it named `<name>_mixture`, so T5X users train with
@@ -25,15 +28,17 @@ import os
 from pathlib import Path
 
 import gin
-import seqio
-import tensorflow as tf
 
+from explore import extras
 from explore.llm.features import WEIGHTINGS
 from explore.transitions.task_source import COLUMNS
 from explore.transitions.task_source import SOURCE_FILE
 from explore.transitions.task_source import SPLIT_FILES
 from explore.transitions.task_source import TaskSourceError
 from explore.transitions.task_source import read_task_source
+
+seqio = extras.require("seqio", "seqio", "explore.llm.seqio_tasks")
+tf = extras.require("tensorflow", "seqio", "explore.llm.seqio_tasks")
 
 DEFAULT_TASK = "novel_interest_sft"
 MIXTURE_SUFFIX = "_mixture"

@@ -34,6 +34,7 @@ import gin
 import sentencepiece as spm
 
 from explore import artifacts
+from explore import extras
 from explore.transitions.task_source import format_history_prompt
 
 if TYPE_CHECKING:
@@ -163,7 +164,8 @@ def seqio_vocabulary(tokenizer: Tokenizer) -> "seqio.SentencePieceVocabulary":
     raise TokenizerError(
         f"seqio_vocabulary: {tokenizer.model_path or type(tokenizer).__name__} is not a "
         "SentencePiece model; seqio vocabularies exist only for SentencePiece tokenizers")
-  import seqio  # pylint: disable=g-import-not-at-top
+  seqio = extras.require(  # pylint: disable=redefined-outer-name
+      "seqio", "seqio", "seqio_vocabulary")
   if tokenizer.model_path is None:
     raise TokenizerError("seqio_vocabulary: the tokenizer has no model file; save it first "
                          "(train_sentencepiece writes one, Tokenizer.from_file reads one)")

@@ -22,10 +22,11 @@ The online step (`TrieArrays.candidates`) is a pure function of
 states), with a static candidate width per level: V on the dense levels,
 `max_branch` below. A request's excluded clusters (e.g. the user's history)
 forbid their leaves and prune every subtree left with no allowed leaf:
-`TrieArrays.allowed_leaf_counts` subtracts each excluded leaf from the counts
-of the nodes on its path, and a child is a candidate only while its count is
+`TrieArrays.exclusion` subtracts each excluded leaf from the counts of the
+nodes on its path, and a child is a candidate only while its count is
 positive, so generation never enters a branch that cannot end in an allowed
-cluster.
+cluster. On the dense levels only the children on excluded paths can be
+pruned, so just those E per request are checked, not a count per token.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class TrieArrays:
   leaf_cluster: jax.Array  # [N] int32
   leaf_count: jax.Array  # [N] int32
   cluster_path: jax.Array  # [M, D + 1] int32, -1 past the leaf
+  cluster_tokens: jax.Array  # [M, D] int32 token path, 0 past EOS
   dense_levels: int = struct.field(pytree_node=False)
   max_branch: tuple[int, ...] = struct.field(pytree_node=False)  # [D] per level
 
@@ -88,8 +90,8 @@ class TrieArrays:
       return self.dense_next.shape[1]
     return max(self.max_branch[level:] or (1,))
 
-  def allowed_leaf_counts(self, exclude: jax.Array) -> jax.Array:
-    """[b, N] int32 leaves below each node that `exclude` ([b, E], -1 padding) leaves allowed.
+  def exclusion(self, exclude: jax.Array) -> "Exclusion":
+    """The allowed-leaf counts and excluded paths of requests `exclude` ([b, E], -1 padding).
 
     Repeated ids in a row count once; ids outside [0, M) are ignored.
     """
@@ -98,15 +100,16 @@ class TrieArrays:
     ids = jnp.sort(exclude, axis=1)  # [b, E]
     first = jnp.concatenate([jnp.ones((b, 1), bool), ids[:, 1:] != ids[:, :-1]], 1)
     use = first & (ids >= 0) & (ids < m)  # [b, E]
-    paths = self.cluster_path[jnp.clip(ids, 0, m - 1)]  # [b, E, D + 1]
-    weight = (use[:, :, None] & (paths >= 0)).astype(jnp.int32)  # [b, E, D + 1]
+    safe = jnp.clip(ids, 0, m - 1)
+    paths = jnp.where(use[:, :, None], self.cluster_path[safe], -1)  # [b, E, D + 1]
     rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], paths.shape)
     removed = jnp.zeros((b, self.leaf_count.shape[0]), jnp.int32)
-    removed = removed.at[rows, jnp.maximum(paths, 0)].add(weight)  # [b, N]
-    return self.leaf_count[None, :] - removed
+    removed = removed.at[rows, jnp.maximum(paths, 0)].add((paths >= 0).astype(jnp.int32))
+    return Exclusion(counts=self.leaf_count[None, :] - removed, nodes=paths,
+                     tokens=self.cluster_tokens[safe])
 
   def candidates(self, level: int, log_probs: jax.Array, nodes: jax.Array,
-                 allowed: jax.Array) -> Candidates:
+                 exclusion: "Exclusion") -> Candidates:
     """The allowed next tokens of rows at trie `level` (static).
 
     Args:
@@ -114,28 +117,58 @@ class TrieArrays:
         a leaf or pruned get no allowed candidate.
       log_probs: [b, k, V] next-token log-probabilities of k rows per request.
       nodes: [b, k] int32 trie state of each row.
-      allowed: [b, N] from `allowed_leaf_counts` (one row per request).
+      exclusion: from `exclusion` (one row per request).
     Returns:
       Candidates of width `self.width(level)`: a token is allowed when it leads
       to a child with an allowed leaf below it.
     """
     b, k, v = log_probs.shape
     if level < self.dense_levels:
-      next_nodes = self.dense_next[nodes]  # [b, k, V]
-      tokens = jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (b, k, v))
-      token_logp = log_probs
-    else:
-      f = self.width(level)
-      slots = self.row_start[nodes][..., None] + jnp.arange(f)  # [b, k, F]
-      real = slots < self.row_start[nodes + 1][..., None]  # [b, k, F]
-      slots = jnp.minimum(slots, self.child_token.shape[0] - 1)
-      tokens = self.child_token[slots]  # [b, k, F]
-      next_nodes = jnp.where(real, self.child_node[slots], -1)  # [b, k, F]
-      token_logp = jnp.take_along_axis(log_probs, tokens, axis=-1)  # [b, k, F]
-    counts = jnp.take_along_axis(allowed, jnp.maximum(next_nodes, 0).reshape(b, -1), axis=1)
-    ok = (next_nodes >= 0) & (counts.reshape(next_nodes.shape) > 0)  # [b, k, F]
+      return self._dense_candidates(level, log_probs, nodes, exclusion)
+    f = self.width(level)
+    slots = self.row_start[nodes][..., None] + jnp.arange(f)  # [b, k, F]
+    real = slots < self.row_start[nodes + 1][..., None]  # [b, k, F]
+    slots = jnp.minimum(slots, self.child_token.shape[0] - 1)
+    tokens = self.child_token[slots]  # [b, k, F]
+    next_nodes = jnp.where(real, self.child_node[slots], 0)  # [b, k, F]
+    counts = jnp.take_along_axis(exclusion.counts, next_nodes.reshape(b, -1), axis=1)
+    ok = real & (counts.reshape(next_nodes.shape) > 0)  # [b, k, F]
+    token_logp = jnp.take_along_axis(log_probs, tokens, axis=-1)  # [b, k, F]
     return Candidates(tokens=tokens, log_probs=jnp.where(ok, token_logp, -jnp.inf),
-                      nodes=jnp.maximum(next_nodes, 0))
+                      nodes=next_nodes)
+
+  def _dense_candidates(self, level: int, log_probs: jax.Array, nodes: jax.Array,
+                        exclusion: "Exclusion") -> Candidates:
+    """Every token a candidate; the dense table gives the child, exclusion the pruned ones.
+
+    A child is pruned when all its leaves are excluded, so it lies on an
+    excluded path: only those E children per request are looked up, instead
+    of a count per (row, token).
+    """
+    b, k, v = log_probs.shape
+    next_nodes = self.dense_next[nodes]  # [b, k, V]
+    masked = jnp.where(next_nodes >= 0, log_probs, -jnp.inf)  # [b, k, V]
+    if level < self.depth:
+      parent = exclusion.nodes[:, :, level]  # [b, E]
+      child = exclusion.nodes[:, :, level + 1]  # [b, E]
+      child_count = jnp.take_along_axis(exclusion.counts, jnp.maximum(child, 0), axis=1)
+      emptied = (child >= 0) & (child_count == 0)  # [b, E]
+      hit = emptied[:, None, :] & (parent[:, None, :] == nodes[:, :, None])  # [b, k, E]
+      token = jnp.broadcast_to(exclusion.tokens[:, None, :, level], hit.shape)  # [b, k, E]
+      rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], hit.shape)
+      beams = jnp.broadcast_to(jnp.arange(k)[None, :, None], hit.shape)
+      masked = masked.at[rows, beams, token].min(jnp.where(hit, -jnp.inf, jnp.inf))
+    tokens = jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (b, k, v))
+    return Candidates(tokens=tokens, log_probs=masked, nodes=jnp.maximum(next_nodes, 0))
+
+
+@struct.dataclass
+class Exclusion:
+  """What a batch of requests excludes, for `TrieArrays.candidates`."""
+
+  counts: jax.Array  # [b, N] int32 allowed leaves below each node
+  nodes: jax.Array  # [b, E, D + 1] int32 each excluded cluster's path, -1 past it / unused
+  tokens: jax.Array  # [b, E, D] int32 the tokens of those paths
 
 
 def _check_paths(token_paths: Sequence[Sequence[int]], eos_id: int, vocab_size: int
@@ -267,6 +300,9 @@ class ClusterTrie:
         dense_next[node, tokens] = [kids[t] for t in tokens]
     leaf_cluster = np.full(num_nodes, -1, np.int32)
     lengths = np.asarray([len(p) for p in paths])
+    cluster_tokens = np.zeros((len(paths), depth), np.int32)
+    for c, path in enumerate(paths):
+      cluster_tokens[c, :len(path)] = path
     leaf_cluster[cluster_path[np.arange(len(paths)), lengths]] = np.arange(len(paths))
     leaf_count = np.zeros(num_nodes, np.int32)
     np.add.at(leaf_count, cluster_path[cluster_path >= 0], 1)
@@ -275,7 +311,7 @@ class ClusterTrie:
                              for d in range(depth)], np.int32)
     arrays = dict(dense_next=dense_next, row_start=row_start, child_token=child_token,
                   child_node=child_node, leaf_cluster=leaf_cluster, leaf_count=leaf_count,
-                  cluster_path=cluster_path, max_branch=max_branch,
+                  cluster_path=cluster_path, cluster_tokens=cluster_tokens, max_branch=max_branch,
                   level_start=np.asarray(level_start, np.int32),
                   path_tokens=np.concatenate([np.asarray(p, np.int32) for p in paths]),
                   path_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
@@ -288,7 +324,7 @@ class ClusterTrie:
       self._device = TrieArrays(
           **{k: jnp.asarray(n[k]) for k in ("dense_next", "row_start", "child_token",
                                             "child_node", "leaf_cluster", "leaf_count",
-                                            "cluster_path")},
+                                            "cluster_path", "cluster_tokens")},
           dense_levels=self.dense_levels, max_branch=tuple(int(x) for x in n["max_branch"]))
     return self._device
 

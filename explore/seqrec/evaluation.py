@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from explore import progress
 from explore.seqrec.data import LeaveLastOutSplit, RankingExamples
 from explore.seqrec.model import PAD, SeqRecModel
 
@@ -87,6 +88,7 @@ def rank_examples(scorer: Scorer, examples: RankingExamples, num_items: int,
   if not isinstance(batch_size, int) or batch_size < 1:
     raise EvaluationError(f"batch_size={batch_size!r} must be a positive integer")
   ranks = []
+  bar = progress.Progress("seqrec: ranking", total=len(examples), unit="cases")
   for begin in range(0, len(examples), batch_size):
     rows = np.arange(begin, min(begin + batch_size, len(examples)))
     padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # [B]
@@ -96,6 +98,8 @@ def rank_examples(scorer: Scorer, examples: RankingExamples, num_items: int,
     batch_ranks = target_ranks(scores, jnp.asarray(examples.targets[padded]), jnp.asarray(seen),
                                num_items)
     ranks.append(np.asarray(batch_ranks)[:len(rows)])
+    bar.update(len(rows))
+  bar.close()
   return np.concatenate(ranks)
 
 

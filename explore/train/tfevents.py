@@ -1,4 +1,4 @@
-"""A minimal TensorBoard event-file writer: scalars only, no TensorFlow needed.
+"""A minimal TensorBoard event-file writer: scalars and text, no TensorFlow needed.
 
 TensorBoard reads `events.out.tfevents.*` files: a TFRecord stream (each
 record framed by its length and masked CRC32C checksums) of serialized
@@ -8,7 +8,11 @@ so the protobuf wire format is encoded by hand here:
   Event   { double wall_time = 1; int64 step = 2; string file_version = 3;
             Summary summary = 5; }
   Summary { repeated Value value = 1; }
-  Value   { string tag = 1; float simple_value = 2; }
+  Value   { string tag = 1; float simple_value = 2; TensorProto tensor = 8;
+            SummaryMetadata metadata = 9; }
+  TensorProto     { DataType dtype = 1 (DT_STRING = 7); TensorShapeProto tensor_shape = 2;
+                    repeated bytes string_val = 8; }
+  SummaryMetadata { PluginData plugin_data = 1 { string plugin_name = 1 ("text") } }
 
 The first event of a file carries `file_version: "brain.Event:2"`.
 """
@@ -81,17 +85,32 @@ def _length_delimited(field: int, payload: bytes) -> bytes:
   return _key(field, 2) + _varint(len(payload)) + payload
 
 
+_DT_STRING = 7
+
+
+def _text_value(tag: str, text: str) -> bytes:
+  """A Summary.Value holding a scalar string tensor for TensorBoard's text plugin."""
+  tensor = (_key(1, 0) + _varint(_DT_STRING) + _length_delimited(2, b"")
+            + _length_delimited(8, text.encode()))
+  metadata = _length_delimited(1, _length_delimited(1, b"text"))
+  return (_length_delimited(1, tag.encode()) + _length_delimited(8, tensor)
+          + _length_delimited(9, metadata))
+
+
 def encode_event(wall_time: float, step: int, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
-  """Serializes an Event holding either a file version or a summary of scalars."""
+                 scalars: Mapping[str, float] | None = None,
+                 texts: Mapping[str, str] | None = None) -> bytes:
+  """Serializes an Event holding a file version, or a summary of scalars and texts."""
   out = _key(1, 1) + struct.pack("<d", wall_time) + _key(2, 0) + _varint(int(step))
   if file_version is not None:
     out += _length_delimited(3, file_version.encode())
-  if scalars:
-    values = b"".join(
-        _length_delimited(1, _length_delimited(1, tag.encode())
-                          + _key(2, 5) + struct.pack("<f", float(value)))
-        for tag, value in scalars.items())
+  values = b"".join(
+      _length_delimited(1, _length_delimited(1, tag.encode())
+                        + _key(2, 5) + struct.pack("<f", float(value)))
+      for tag, value in (scalars or {}).items())
+  values += b"".join(_length_delimited(1, _text_value(tag, text))
+                     for tag, text in (texts or {}).items())
+  if values:
     out += _length_delimited(5, values)
   return out
 
@@ -112,6 +131,10 @@ class EventFileWriter:
     """Writes one event with a scalar per tag at `step`."""
     if values:
       self._file.write(tfrecord(encode_event(time.time(), step, scalars=values)))
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    """Writes one text summary (Markdown, shown by TensorBoard's Text tab) at `step`."""
+    self._file.write(tfrecord(encode_event(time.time(), step, texts={tag: text})))
 
   def flush(self) -> None:
     self._file.flush()

@@ -40,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from explore import partitioning
+from explore import progress
 from explore.train import checkpoints as checkpoints_lib
 from explore.train import metrics as metrics_lib
 from explore.train import model_info
@@ -277,6 +278,7 @@ class Trainer:
       flops = self.task.flops_per_example()
       window: list[dict] = []
       window_start, paused = time.perf_counter(), 0.0
+      steps = progress.Progress("train", total=cfg.train_steps, unit="steps", initial=step)
       while step < cfg.train_steps:
         if batch is None:
           batch = self.batches.place(next(train_data), cfg.batch_size, "train data")
@@ -284,6 +286,7 @@ class Trainer:
                                                         nonfinite)
         batch = None
         step += 1
+        steps.update()
         window.append(step_metrics)
         last = step == cfg.train_steps
         log_now = step % cfg.log_every == 0 or last
@@ -320,6 +323,7 @@ class Trainer:
           eval_writer.write(step, final_eval)
           self._log("eval " + metrics_lib.format_log_line(step, final_eval))
         paused += time.perf_counter() - pause_start
+      steps.close()
       return TrainResult(step=step, history=history, final_eval=final_eval,
                          stopped_reason="done")
     finally:
