@@ -68,7 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--top_n", type=int, default=10)
   parser.add_argument("--dense_levels", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-  parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on accelerators, else float32")
+  parser.add_argument("--dtype", default="auto",
+                      help="auto: bfloat16 on accelerators, float32 on CPU")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)

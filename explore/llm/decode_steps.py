@@ -37,7 +37,7 @@ def gather_rows(cache: KVCache, parents: jax.Array) -> KVCache:
 
 def decode_tokens(model: Decoder, cache: KVCache, tokens: jax.Array, prompt_lengths: jax.Array,
                   step: jax.Array) -> tuple[jax.Array, KVCache]:
-  """Feeds output token `step` of k rows per prompt: tokens [b, k] -> ([b, k, V] log-probs, cache)."""
+  """Feeds output token `step` of k rows per prompt: [b, k] ids -> ([b, k, V] log-probs, cache)."""
   b, k = tokens.shape
   positions = jnp.repeat(prompt_lengths + 1 + step, k)[:, None]  # [b * k, 1]
   logits, cache = model.decode_step(tokens.reshape(b * k, 1), cache, positions)
@@ -69,9 +69,10 @@ def check_exclude(exclude: np.ndarray | None, n: int, num_clusters: int) -> np.n
   exclude = np.asarray(exclude, np.int32)
   if exclude.ndim != 2 or len(exclude) != n:
     raise DecodingError(f"exclude must be [n={n}, E] cluster ids, got shape {exclude.shape}")
-  if exclude.size and (exclude.min() < -1 or exclude.max() >= num_clusters):
+  bad = exclude[(exclude < -1) | (exclude >= num_clusters)]
+  if bad.size:
     raise DecodingError(f"exclude holds ids outside [-1, {num_clusters}): "
-                        f"{sorted(set(exclude[(exclude < -1) | (exclude >= num_clusters)].tolist()))[:5]}")
+                        f"{sorted(set(bad.tolist()))[:5]}")
   if exclude.shape[1] == 0:
     exclude = np.full((n, 1), -1, np.int32)
   return exclude
