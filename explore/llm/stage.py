@@ -38,6 +38,7 @@ from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
 from explore.llm import checkpoint_tokenizer
 from explore.llm import lora
+from explore.llm import pretrain_stage
 from explore.llm import pretrained as pretrained_lib
 from explore.llm import scoring
 from explore.llm import tokenizer as tokenizer_lib
@@ -183,7 +184,7 @@ def pretrained_inputs() -> dict[str, str]:
 
 
 @stages.register_stage(
-    "llm", deps=("clusters", "transitions"),
+    "llm", deps=("clusters", "transitions", pretrain_stage.PRETRAIN),
     configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
                    "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"),
     external_inputs=pretrained_inputs)
@@ -208,9 +209,11 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   trainer_config = train.TrainerConfig()
   mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
   start = None
-  if options.pretrained_checkpoint:
+  # An imported release, the pretrain stage's export, or None (from scratch).
+  checkpoint = pretrain_stage.llm_checkpoint(ctx, options.pretrained_checkpoint)
+  if checkpoint:
     start = pretrained_lib.prepare_pretrained(
-        options.pretrained_checkpoint, task.config, pretrained_lib.bound_decoder_fields(),
+        checkpoint, task.config, pretrained_lib.bound_decoder_fields(),
         ctx.path / TOKENIZER_DIR)
     tokenizer, config = start.tokenizer, start.config
     trainer_config = _fine_tuning_config(trainer_config, ctx.path / PRETRAINED)
