@@ -48,6 +48,8 @@ setuptools.setup(
         # Pretrained checkpoints whose tokenizer is a Hugging Face tokenizer.json
         # (Llama 3 style); SentencePiece tokenizer.model needs nothing extra.
         "hf": ["tokenizers"],
+        # tools/plot_coverage.py (curves in docs/llm_results.md).
+        "plots": ["matplotlib"],
         "dev": ["pytest", "pytest-xdist", "tokenizers"],
     },
     entry_points={"console_scripts": ["explore=explore.main:console_main"]},

@@ -30,7 +30,7 @@ THIRD_PARTY = {
     "pyarrow": "pyarrow", "pytest": "pytest", "scipy": "scipy", "seqio": "seqio",
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
-    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers",
+    "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "matplotlib": "matplotlib",
 }
 HEADER = ('load("@rules_python//python:defs.bzl", "py_binary", "py_library", "py_test")\n'
           'load("@pip//:requirements.bzl", "requirement")\n\n'

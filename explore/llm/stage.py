@@ -32,6 +32,8 @@ from explore import artifacts
 from explore import stages
 from explore import train
 from explore.clusters import stage as clusters_stage
+from explore.eval import blend
+from explore.eval import bootstrap
 from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
@@ -270,6 +272,12 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
                                          transitions.num_clusters, seed=ctx.seed)
   scores = {LLM: llm_scores(trainer.model, tokenizer, descriptions, history, options, bos_id)}
   scores.update({name: planner.scores(history) for name, planner in baselines.items()})
+  score_llm = lambda h: llm_scores(trainer.model, tokenizer, descriptions, h, options, bos_id)
+  tuned = blend.tune_weight(transitions, score_llm, max_examples=options.max_eval_examples,
+                            seed=ctx.seed)
+  scores[blend.BlendedPlanner.name] = blend.BlendedPlanner(
+      score_llm, transitions.history[train_idx], transitions.next_cluster[train_idx],
+      transitions.num_clusters, tuned["weight"]).blend(scores[LLM], history)
   evaluation = hit_rate.evaluate_planners(transitions, scores, examples=examples,
                                           rare_max=options.rare_max)
   clock.stop("evaluate")
@@ -277,6 +285,9 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   loss_first, loss_last = _loss_curve(result.history)
   metrics = {
       **evaluation,
+      "blend": tuned,
+      "llm_minus_best_count": bootstrap.llm_minus_best_count(
+          transitions, scores, examples, rare_max=options.rare_max, seed=ctx.seed),
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
       "distinct_test_tuples_scored": int(len(np.unique(history, axis=0))),
