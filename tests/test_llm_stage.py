@@ -114,7 +114,7 @@ def test_stage_writes_metrics_for_every_planner(tmp_path):
   metrics = json.loads((path / llm_stage.METRICS).read_text())
   assert set(metrics["planners"]) == {"llm", "random_novel", "popular_novel", "transition",
                                       "last_cluster", "blend"}
-  assert metrics["blend"]["weight"] in metrics["blend"]["validation_hit@5"]
+  assert str(metrics["blend"]["weight"]) in metrics["blend"]["validation_hit@5"]  # JSON keys
   comparison = metrics["llm_minus_best_count"]
   assert comparison["best_count_planner"] in ("transition", "last_cluster")
   assert comparison["all"]["low"] <= comparison["all"]["difference"] <= comparison["all"]["high"]
