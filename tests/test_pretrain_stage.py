@@ -1,6 +1,7 @@
-"""The `pretrain` stage: corpus, tokenizer, next-token training, export, and the llm stage's start."""
+"""The `pretrain` stage: corpus, tokenizer, training, export; the llm stage starting from it."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ from explore import main  # noqa: F401  (registers RunConfig)
 from explore import partitioning  # noqa: F401  (registers MeshConfig)
 from explore import rundir
 from explore import stages
+from explore import train
 from explore.data import catalog_corpus
 from explore.data.schema import ItemCatalog
 from explore.llm import checkpoint_export
@@ -34,6 +36,7 @@ TINY = [
     "make_optimizer.warmup_steps = 2", "CorpusConfig.num_words = 3000",
     "PretrainOptions.train_steps = 12", "PretrainOptions.batch_size = 16",
     "PretrainOptions.max_length = 64", "PretrainOptions.warmup_steps = 2",
+    "LlmStageOptions.train_epochs = 0.5",
 ]
 
 
@@ -75,7 +78,8 @@ def test_llm_stage_fine_tunes_from_the_pretrain_export(pretrained_run):
   metrics = llm_stage.load_metrics(run_dir.complete_path("llm"))
   export = run_dir.complete_path("pretrain") / pretrain_stage.EXPORT
   assert metrics["pretrained"]["checkpoint"] == str(export)
-  assert metrics["bos_id"] == 0 and metrics["train_steps"] == 10
+  assert metrics["bos_id"] == 0
+  assert metrics["train_steps"] == math.ceil(0.5 * metrics["train_rows"] / 16)  # train_epochs
   # The llm stage uses the pretrain tokenizer (copied) and starts from its weights.
   tokenizer = llm_stage.load_tokenizer(run_dir.complete_path("llm"))
   assert tokenizer.vocab_size == metrics["vocab_size"]
@@ -104,7 +108,7 @@ def test_pretrain_and_an_imported_checkpoint_together_are_refused(pretrained_run
 
 
 def test_disabled_pretrain_is_a_no_op_and_the_llm_trains_from_scratch(tmp_path):
-  run_dir = _parse(tmp_path, "TrainerConfig.train_steps = 4")
+  run_dir = _parse(tmp_path, "LlmStageOptions.train_epochs = 0.1")
   stages.run_stages(["llm"], run_dir, seed=0)
   assert json.loads((run_dir.complete_path("pretrain") / pretrain_stage.METRICS).read_text()) \
       == {"enabled": False}
@@ -119,6 +123,11 @@ def test_steps_follow_epochs_and_rows():
   assert pretrain_stage.steps_for(fixed, 400) == 7
   with pytest.raises(pretrain_stage.PretrainError, match="PretrainOptions.epochs"):
     pretrain_stage.PretrainOptions(epochs=0.0)
+  assert train.steps_for_epochs(1.5, 100, 16) == 10
+  with pytest.raises(train.TrainerConfigError, match="epochs=0"):
+    train.steps_for_epochs(0, 100, 16)
+  with pytest.raises(llm_stage.LlmStageError, match="LlmStageOptions.train_epochs"):
+    llm_stage.LlmStageOptions(train_epochs=-1.0)
 
 
 def test_a_tokenizer_that_does_not_cover_the_descriptions_is_named(tmp_path):

@@ -45,7 +45,8 @@ def hf_config(config: DecoderConfig) -> dict:
 
 def hf_tensors(model: Decoder, config: DecoderConfig) -> dict[str, np.ndarray]:
   """The model's parameters under their HF names, in HF layouts, float32."""
-  flat = {checkpoint_import._path_key(path): np.asarray(v.get_value(), np.float32)  # pylint: disable=protected-access
+  key = checkpoint_import._path_key  # pylint: disable=protected-access
+  flat = {key(path): np.asarray(v.get_value(), np.float32)
           for path, v in jax.tree_util.tree_leaves_with_path(
               nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))}
   tensors = {}

@@ -19,7 +19,6 @@ Llama/Gemma release (`explore.llm.pretrained`), so one code path serves both.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 import time
 from typing import Any
@@ -97,7 +96,7 @@ def steps_for(options: PretrainOptions, rows: int) -> int:
   """Training steps: `train_steps`, else ceil(epochs * rows / batch_size) (at least 1)."""
   if options.train_steps is not None:
     return options.train_steps
-  return max(1, math.ceil(options.epochs * rows / options.batch_size))
+  return train.steps_for_epochs(options.epochs, rows, options.batch_size)
 
 
 def corpus_documents(data_path: Path, options: PretrainOptions) -> list[str]:
@@ -200,7 +199,7 @@ def pretrain_stage(ctx: stages.StageContext) -> dict[str, Any]:
 
 
 def llm_checkpoint(ctx: stages.StageContext, configured: str | None) -> str | None:
-  """The checkpoint folder the `llm` stage starts from: an explicit one, the pretrain stage's, or None.
+  """The folder the `llm` stage starts from: an explicit one, the pretrain stage's, or None.
 
   Raises when both are set, and when the pretrain stage's export has another
   model shape than the current `DecoderConfig` (naming its config.json).

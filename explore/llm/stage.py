@@ -78,6 +78,8 @@ class LlmStageOptions:
       log-likelihood of their description (+ EOS) (see `explore.llm.scoring`).
     prompts_per_chunk: prompts scored per compiled call (None: ~2048 rows).
     rare_max: test tuples seen 1..rare_max times in train are 'rare'.
+    train_epochs: train for this many passes over the packed rows instead of
+      `TrainerConfig.train_steps` (None), so the length scales with the data.
   """
 
   pretrained_checkpoint: str | None = None
@@ -85,6 +87,7 @@ class LlmStageOptions:
   length_normalize: bool = False
   prompts_per_chunk: int | None = None
   rare_max: int = 4
+  train_epochs: float | None = None
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -92,6 +95,8 @@ class LlmStageOptions:
           f"LlmStageOptions.max_eval_examples={self.max_eval_examples} must be >= 1 or None")
     if self.rare_max < 1:
       raise LlmStageError(f"LlmStageOptions.rare_max={self.rare_max} must be >= 1")
+    if self.train_epochs is not None and not self.train_epochs > 0:
+      raise LlmStageError(f"LlmStageOptions.train_epochs={self.train_epochs} must be > 0 or None")
 
 
 def load_metrics(stage_path: Path) -> dict[str, Any]:
@@ -242,6 +247,9 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
     arrays = features.with_bos(arrays, bos_id)
   length = arrays[decoder_task.TARGETS].shape[1]
   task = dataclasses.replace(task, config=config, sequence_length=length, packed=True)
+  if options.train_epochs is not None:
+    trainer_config = dataclasses.replace(trainer_config, train_steps=train.steps_for_epochs(
+        options.train_epochs, len(arrays[decoder_task.TARGETS]), trainer_config.batch_size))
   batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
   if start is not None:
     pretrained_lib.write_initial_checkpoint_once(start, ctx.path / PRETRAINED, mesh,
