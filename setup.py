@@ -52,6 +52,8 @@ setuptools.setup(
         "hf": ["tokenizers>=0.23.3"],
         # `explore serve`: the HTTP API and page (Starlette on uvicorn).
         "serve": ["starlette", "uvicorn"],
+        # tools/plot_coverage.py (curves in docs/llm_results.md).
+        "plots": ["matplotlib"],
         # Tests and benchmarks: everything the suite imports. shellcheck (for launch/*.sh) is
         # a Debian package: apt-get install shellcheck; the page tests drive Debian's chromium
         # (apt-get install chromium). The checkpoint-import parity test also uses

@@ -30,6 +30,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.data.stage",
     "explore.clusters.stage",
     "explore.transitions.stage",
+    "explore.llm.pretrain_stage",
     "explore.llm.stage",
     "explore.seqrec.stage",
     "explore.precompute.stage",

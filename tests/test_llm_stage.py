@@ -113,7 +113,12 @@ def test_stage_writes_metrics_for_every_planner(tmp_path):
   path = run_dir.complete_path("llm")
   metrics = json.loads((path / llm_stage.METRICS).read_text())
   assert set(metrics["planners"]) == {"llm", "random_novel", "popular_novel", "transition",
-                                      "last_cluster"}
+                                      "last_cluster", "blend"}
+  assert str(metrics["blend"]["weight"]) in metrics["blend"]["validation_hit@5"]  # JSON keys
+  comparison = metrics["llm_minus_best_count"]
+  assert comparison["best_count_planner"] in ("transition", "last_cluster")
+  assert comparison["all"]["low"] <= comparison["all"]["difference"] <= comparison["all"]["high"]
+  assert comparison["all"]["examples"] == 60
   assert metrics["evaluated_examples"] == 60 == metrics["examples"]["all"]
   assert sum(metrics["examples"][b] for b in ("unseen", "rare", "frequent")) == 60
   for name, by_bucket in metrics["planners"].items():

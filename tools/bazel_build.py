@@ -31,7 +31,7 @@ THIRD_PARTY = {
     "sentencepiece": "sentencepiece", "tensorflow": "tensorflow", "safetensors": "safetensors",
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
     "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "tqdm": "tqdm",
-    "starlette": "starlette", "uvicorn": "uvicorn",
+    "starlette": "starlette", "uvicorn": "uvicorn", "matplotlib": "matplotlib",
 }
 # Files a module reads at run time besides Python (the serving page's HTML and JS).
 DATA_GLOBS = {"explore/serving/server.py": 'glob(["static/*"])'}

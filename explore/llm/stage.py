@@ -36,12 +36,15 @@ from explore import progress
 from explore import stages
 from explore import train
 from explore.clusters import stage as clusters_stage
+from explore.eval import blend
+from explore.eval import bootstrap
 from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
 from explore.llm import lora
 from explore.llm import planner as planner_lib
+from explore.llm import pretrain_stage
 from explore.llm import pretrained as pretrained_lib
 from explore.llm import tokenizer as tokenizer_lib
 from explore.transitions import stage as transitions_stage
@@ -78,6 +81,8 @@ class LlmStageOptions:
       log-likelihood of their description (+ EOS) (see `explore.llm.scoring`).
     prompts_per_chunk: prompts scored per compiled call (None: ~2048 rows).
     rare_max: test tuples seen 1..rare_max times in train are 'rare'.
+    train_epochs: train for this many passes over the packed rows instead of
+      `TrainerConfig.train_steps` (None), so the length scales with the data.
   """
 
   pretrained_checkpoint: str | None = None
@@ -85,6 +90,7 @@ class LlmStageOptions:
   length_normalize: bool = False
   prompts_per_chunk: int | None = None
   rare_max: int = 4
+  train_epochs: float | None = None
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -92,6 +98,8 @@ class LlmStageOptions:
           f"LlmStageOptions.max_eval_examples={self.max_eval_examples} must be >= 1 or None")
     if self.rare_max < 1:
       raise LlmStageError(f"LlmStageOptions.rare_max={self.rare_max} must be >= 1")
+    if self.train_epochs is not None and not self.train_epochs > 0:
+      raise LlmStageError(f"LlmStageOptions.train_epochs={self.train_epochs} must be > 0 or None")
 
 
 def load_metrics(stage_path: Path) -> dict[str, Any]:
@@ -202,9 +210,11 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
   task = decoder_task.DecoderTask()
   trainer_config = train.TrainerConfig()
   start = None
-  if options.pretrained_checkpoint:
+  # An imported release, the pretrain stage's export, or None (from scratch).
+  checkpoint = pretrain_stage.llm_checkpoint(ctx, options.pretrained_checkpoint)
+  if checkpoint:
     start = pretrained_lib.prepare_pretrained(
-        options.pretrained_checkpoint, task.config, pretrained_lib.bound_decoder_fields(),
+        checkpoint, task.config, pretrained_lib.bound_decoder_fields(),
         ctx.path / TOKENIZER_DIR)
     tokenizer, config = start.tokenizer, start.config
     trainer_config = _fine_tuning_config(trainer_config, ctx.path / PRETRAINED)
@@ -231,6 +241,9 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
     arrays = features.with_bos(arrays, bos_id)
   length = arrays[decoder_task.TARGETS].shape[1]
   task = dataclasses.replace(task, config=config, sequence_length=length, packed=True)
+  if options.train_epochs is not None:
+    trainer_config = dataclasses.replace(trainer_config, train_steps=train.steps_for_epochs(
+        options.train_epochs, len(arrays[decoder_task.TARGETS]), trainer_config.batch_size))
   if start is not None:
     pretrained_lib.write_initial_checkpoint_once(start, ctx.path / PRETRAINED, mesh,
                                                  stale=(ctx.path / MODEL,))
@@ -259,8 +272,13 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh
 
 
 def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: planner_lib.LlmPlanner,
-              transitions: NovelTransitions) -> tuple[dict[str, Any], np.ndarray, list[str]]:
-  """(hit@k of the planner and every baseline, evaluated example indices, planner names)."""
+              transitions: NovelTransitions
+              ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+  """(hit@k of every planner, evaluated example indices, scores by planner, the blend's tuning).
+
+  Planners: the LLM, every count baseline, and the blend of the LLM with the
+  last-cluster counts (its weight tuned on a validation slice of train).
+  """
   examples = eval_examples(transitions, options.max_eval_examples, ctx.seed)
   artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1,
                           {"examples": examples}, {"rare_max": options.rare_max})
@@ -271,13 +289,18 @@ def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: plann
                                          transitions.num_clusters, seed=ctx.seed)
   scores = {LLM: planner.scores(history)}
   scores.update({name: baseline.scores(history) for name, baseline in baselines.items()})
+  tuned = blend.tune_weight(transitions, planner.scores, max_examples=options.max_eval_examples,
+                            seed=ctx.seed)
+  scores[blend.BlendedPlanner.name] = blend.BlendedPlanner(
+      planner.scores, transitions.history[train_idx], transitions.next_cluster[train_idx],
+      transitions.num_clusters, tuned["weight"]).blend(scores[LLM], history)
   evaluation = hit_rate.evaluate_planners(transitions, scores, examples=examples,
                                           rare_max=options.rare_max)
-  return evaluation, examples, list(scores)
+  return evaluation, examples, scores, tuned
 
 
 @stages.register_stage(
-    "llm", deps=("clusters", "transitions"),
+    "llm", deps=("clusters", "transitions", pretrain_stage.PRETRAIN),
     configurables=("LlmStageOptions", "train_sentencepiece", "novel_interest_arrays",
                    "DecoderTask", "DecoderConfig", "TrainerConfig", "make_optimizer"),
     external_inputs=pretrained_inputs)
@@ -303,13 +326,17 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       model=trainer.model, tokenizer=prepared.tokenizer, descriptions=descriptions,
       config=config, k=transitions.k, bos_id=prepared.bos_id,
       length_normalize=options.length_normalize, prompts_per_chunk=options.prompts_per_chunk)
-  evaluation, examples, names = _evaluate(ctx, options, planner, transitions)
+  evaluation, examples, scores, tuned = _evaluate(ctx, options, planner, transitions)
+  names = list(scores)
   clock.stop("evaluate")
 
   loss_first, loss_last = _loss_curve(result.history)
   tokenizer, start = prepared.tokenizer, prepared.start
   metrics = {
       **evaluation,
+      "blend": tuned,
+      "llm_minus_best_count": bootstrap.llm_minus_best_count(
+          transitions, scores, examples, rare_max=options.rare_max, seed=ctx.seed),
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
       "distinct_test_tuples_scored": int(len(np.unique(transitions.history[examples], axis=0))),

@@ -19,4 +19,5 @@ from explore.train.train_step import TrainableFilterError
 from explore.train.trainer import Trainer
 from explore.train.trainer_config import TrainerConfig
 from explore.train.trainer_config import TrainerConfigError
+from explore.train.trainer_config import steps_for_epochs
 from explore.train.trainer_config import TrainResult

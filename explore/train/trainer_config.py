@@ -7,6 +7,7 @@ them without the training loop; `explore.train.trainer` re-exports them.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import gin
 import numpy as np
@@ -66,3 +67,15 @@ class TrainResult:
   history: list[dict]  # the logged metrics per log step
   final_eval: dict | None
   stopped_reason: str  # "done" | "already_done" | "nan"
+
+
+def steps_for_epochs(epochs: float, rows: int, batch_size: int) -> int:
+  """Training steps for `epochs` passes over `rows` examples: ceil(epochs * rows / batch_size).
+
+  Lets a config state its training length in epochs, so that the same config
+  trains a larger dataset as thoroughly as a small one (at least one step).
+  """
+  if not epochs > 0 or rows < 1 or batch_size < 1:
+    raise TrainerConfigError(f"steps_for_epochs: epochs={epochs!r} must be > 0, rows={rows} "
+                             f"and batch_size={batch_size} >= 1")
+  return max(1, math.ceil(epochs * rows / batch_size))

@@ -1,0 +1,86 @@
+"""Paired bootstrap confidence intervals for the difference of two planners' hit@k.
+
+Two planners evaluated on the same test examples give paired hits; the
+difference of their hit rates is resampled over examples (with replacement,
+the same resample for both), and the percentile interval of the resampled
+differences is the confidence interval. Pairing removes the variance the
+planners share (easy and hard examples), so the interval is much narrower
+than one from two independent intervals.
+
+`llm_minus_best_count` is the comparison the planner's case rests on: the
+LLM's hit@k minus the better count planner's (last-cluster or transition
+counts, whichever has the higher overall hit@k on these examples), overall
+and on the test tuples never seen in training.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from explore.eval import hit_rate
+from explore.transitions.examples import NovelTransitions
+
+COUNT_PLANNERS = ("last_cluster", "transition")
+
+
+class BootstrapError(ValueError):
+  """Hits of different lengths, or settings out of range."""
+
+
+def paired_difference_ci(hits_a: np.ndarray, hits_b: np.ndarray, samples: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> dict[str, float | int | None]:
+  """{"difference", "low", "high", "examples"}: mean(a) - mean(b) and its percentile interval.
+
+  Args:
+    hits_a, hits_b: [n] per-example hits (bool or 0/1) of two planners on the same examples.
+    samples: bootstrap resamples.
+    level: the interval's coverage, in (0, 1).
+    seed: the resampling seed.
+  """
+  a = np.asarray(hits_a, np.float64)
+  b = np.asarray(hits_b, np.float64)
+  if a.ndim != 1 or a.shape != b.shape:
+    raise BootstrapError(f"hits must be two [n] arrays of one length, got {a.shape} and {b.shape}")
+  if not 0.0 < level < 1.0 or samples < 1:
+    raise BootstrapError(f"level={level} must be in (0, 1) and samples={samples} >= 1")
+  n = len(a)
+  if n == 0:
+    return {"difference": None, "low": None, "high": None, "examples": 0}
+  diff = a - b  # [n]
+  rng = np.random.default_rng(seed)
+  means = np.empty(samples)
+  for start in range(0, samples, 256):  # [chunk, n] index blocks bound the memory
+    stop = min(samples, start + 256)
+    means[start:stop] = diff[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+  tail = (1.0 - level) / 2.0
+  low, high = np.quantile(means, [tail, 1.0 - tail])
+  return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+          "examples": int(n)}
+
+
+def llm_minus_best_count(transitions: NovelTransitions, scores: Mapping[str, np.ndarray],
+                         examples: np.ndarray, llm: str = "llm", k: int = 5,
+                         rare_max: int = 4, samples: int = 2000, seed: int = 0,
+                         count_planners: Sequence[str] = COUNT_PLANNERS) -> dict:
+  """Paired bootstrap CIs of hit@k of `llm` minus the best count planner, overall and unseen.
+
+  `scores` maps planner names to [n, M] scores of `examples` (as given to
+  `hit_rate.evaluate_planners`).
+  """
+  missing = [name for name in (llm, *count_planners) if name not in scores]
+  if missing:
+    raise BootstrapError(f"llm_minus_best_count: no scores for planners {missing}")
+  examples = np.asarray(examples, np.int64)
+  mask = transitions.previously_engaged_mask(examples)  # [n, M]
+  truth = transitions.next_cluster[examples]  # [n]
+  hits = {name: hit_rate.novel_ranks(scores[name], truth, mask) < k
+          for name in (llm, *count_planners)}  # name -> [n] bool
+  best = max(count_planners, key=lambda name: (hits[name].mean(), name))
+  buckets = hit_rate.bucket_of(hit_rate.tuple_train_counts(transitions, examples), rare_max)
+  out = {"k": k, "llm": llm, "best_count_planner": best, "level": 0.95}
+  for bucket in ("all", "unseen"):
+    keep = np.ones(len(examples), bool) if bucket == "all" else buckets == bucket
+    out[bucket] = paired_difference_ci(hits[llm][keep], hits[best][keep], samples, 0.95, seed)
+  return out

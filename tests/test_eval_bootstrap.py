@@ -1,0 +1,54 @@
+"""Paired bootstrap intervals of hit-rate differences, and the LLM-vs-counts comparison."""
+
+import numpy as np
+import pytest
+
+from explore.eval import bootstrap
+from explore.transitions.examples import TEST
+from tests.test_eval_planners import hand_made_transitions
+
+
+def test_identical_and_opposite_hits_give_degenerate_intervals():
+  hits = np.array([1, 0, 1, 1, 0], bool)
+  same = bootstrap.paired_difference_ci(hits, hits, samples=200)
+  assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+  opposite = bootstrap.paired_difference_ci(np.ones(7), np.zeros(7), samples=200)
+  assert (opposite["difference"], opposite["low"], opposite["high"]) == (1.0, 1.0, 1.0)
+  assert opposite["examples"] == 7
+
+
+def test_interval_covers_the_mean_with_the_normal_width():
+  rng = np.random.default_rng(0)
+  a = rng.random(2000) < 0.4
+  b = np.where(rng.random(2000) < 0.8, a, rng.random(2000) < 0.3)  # paired with a
+  ci = bootstrap.paired_difference_ci(a, b, samples=2000, seed=1)
+  diff = a.astype(float) - b.astype(float)
+  half = 1.96 * diff.std() / np.sqrt(len(diff))
+  assert ci["low"] < ci["difference"] < ci["high"]
+  assert ci["high"] - ci["low"] == pytest.approx(2 * half, rel=0.15)
+  assert bootstrap.paired_difference_ci(a, b, samples=2000, seed=1) == ci  # seeded
+
+
+def test_bad_inputs_are_named():
+  with pytest.raises(bootstrap.BootstrapError, match="one length"):
+    bootstrap.paired_difference_ci(np.ones(3), np.ones(4))
+  with pytest.raises(bootstrap.BootstrapError, match="level"):
+    bootstrap.paired_difference_ci(np.ones(3), np.ones(3), level=1.0)
+  empty = bootstrap.paired_difference_ci(np.ones(0), np.ones(0))
+  assert empty["difference"] is None
+
+
+def test_llm_minus_best_count_picks_the_better_count_planner():
+  transitions = hand_made_transitions()
+  test = transitions.indices(TEST)
+  hit_all = np.array([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [1.0, 0, 0, 0]])  # truth 3, 0, 0
+  miss_all = np.array([[0, 0, 1.0, 0], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+  scores = {"llm": hit_all, "last_cluster": miss_all, "transition": hit_all}
+  out = bootstrap.llm_minus_best_count(transitions, scores, test, k=1, samples=100)
+  assert out["best_count_planner"] == "transition"
+  assert out["all"]["difference"] == 0.0 and out["unseen"]["examples"] == 1
+  scores["transition"] = miss_all
+  out = bootstrap.llm_minus_best_count(transitions, scores, test, k=1, samples=100)
+  assert out["all"]["difference"] == 1.0 and out["unseen"]["low"] == 1.0
+  with pytest.raises(bootstrap.BootstrapError, match="no scores for planners"):
+    bootstrap.llm_minus_best_count(transitions, {"llm": hit_all}, test)

@@ -1,0 +1,182 @@
+"""The `pretrain` stage: corpus, tokenizer, training, export; the llm stage starting from it."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from explore import artifacts
+from explore import gin_config
+from explore import main  # noqa: F401  (registers RunConfig)
+from explore import partitioning  # noqa: F401  (registers MeshConfig)
+from explore import rundir
+from explore import stages
+from explore import train
+from explore.data import catalog_corpus
+from explore.data.schema import ItemCatalog
+from explore.llm import checkpoint_export
+from explore.llm import checkpoint_import
+from explore.llm import pretrain_stage
+from explore.llm import stage as llm_stage
+from explore.llm import tokenizer as tokenizer_lib
+from explore.llm.decoder import build_decoder
+from explore.llm.decoder_config import DecoderConfig
+
+stages.load_builtin_stages()
+pytestmark = pytest.mark.usefixtures("clean_gin")
+
+TINY = [
+    "SyntheticConfig.num_users = 300", "SyntheticConfig.num_items = 2000",
+    "SyntheticConfig.branching = (4, 4, 4)", "NUM_CLUSTERS = 64",
+    "build_cluster_tree.levels = (4, 16, 64)", "co_engagement_embeddings.dim = 16",
+    "TrainerConfig.train_steps = 10", "TrainerConfig.batch_size = 16",
+    "TrainerConfig.checkpoint_every = 10", "TrainerConfig.log_every = 5",
+    "novel_interest_arrays.max_length = 64", "LlmStageOptions.max_eval_examples = 30",
+    "make_optimizer.warmup_steps = 2", "CorpusConfig.num_words = 3000",
+    "PretrainOptions.train_steps = 12", "PretrainOptions.batch_size = 16",
+    "PretrainOptions.max_length = 64", "PretrainOptions.warmup_steps = 2",
+    "LlmStageOptions.train_epochs = 0.5",
+]
+
+
+def _parse(tmp_path, *bindings):
+  gin_config.parse_gin(["quickstart.gin", "llm/quickstart.gin"],
+                       [f"RUN_DIR = '{tmp_path}'", *TINY, *bindings])
+  return rundir.RunDir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+  """A tiny run with the pretrain stage on, through the llm stage."""
+  import gin  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp("pretrained")
+  gin.clear_config()
+  run_dir = _parse(path, "PretrainOptions.enabled = True")
+  stages.run_stages(["llm"], run_dir, seed=0)
+  gin.clear_config()
+  return path
+
+
+def test_pretrain_writes_corpus_tokenizer_checkpoints_and_export(pretrained_run):
+  path = rundir.RunDir(pretrained_run).complete_path("pretrain")
+  metrics = json.loads((path / pretrain_stage.METRICS).read_text())
+  assert metrics["enabled"] and metrics["train_steps"] == 12
+  assert metrics["train_loss_last"] < metrics["train_loss_first"]
+  corpus = (path / pretrain_stage.CORPUS).read_text().splitlines()
+  assert len(corpus) == metrics["documents"] and metrics["words"] >= 3000
+  assert any(p.name.startswith("checkpoint_") for p in (path / "model").iterdir())
+  assert (path / "model" / "train").exists()  # TensorBoard scalars
+  export = path / pretrain_stage.EXPORT
+  assert {p.name for p in export.iterdir()} == {"config.json", "model.safetensors",
+                                                "tokenizer.model"}
+  assert json.loads((export / "config.json").read_text())["vocab_size"] == metrics["vocab_size"]
+
+
+def test_llm_stage_fine_tunes_from_the_pretrain_export(pretrained_run):
+  run_dir = rundir.RunDir(pretrained_run)
+  metrics = llm_stage.load_metrics(run_dir.complete_path("llm"))
+  export = run_dir.complete_path("pretrain") / pretrain_stage.EXPORT
+  assert metrics["pretrained"]["checkpoint"] == str(export)
+  assert metrics["bos_id"] == 0
+  assert metrics["train_steps"] == math.ceil(0.5 * metrics["train_rows"] / 16)  # train_epochs
+  # The llm stage uses the pretrain tokenizer (copied) and starts from its weights.
+  tokenizer = llm_stage.load_tokenizer(run_dir.complete_path("llm"))
+  assert tokenizer.vocab_size == metrics["vocab_size"]
+  assert (run_dir.complete_path("llm") / llm_stage.PRETRAINED / "checkpoint_0").exists()
+
+
+def test_a_pretrain_export_of_another_shape_is_named(pretrained_run, tmp_path):
+  run_copy = tmp_path / "run"
+  shutil.copytree(pretrained_run, run_copy)
+  config_path = rundir.RunDir(run_copy).complete_path("pretrain") / "hf" / "config.json"
+  hf = json.loads(config_path.read_text())
+  config_path.write_text(json.dumps({**hf, "hidden_size": 32, "head_dim": 8}))
+  # An export of another shape that its manifest agrees with (as one made by other code would
+  # be): the shape check, not the file check, is what must catch it.
+  run = rundir.RunDir(run_copy)
+  manifest = run.manifest("pretrain")
+  manifest.files = artifacts.describe_files(run.complete_path("pretrain"))
+  manifest.write(run.complete_path("pretrain") / rundir.MANIFEST)
+  run_dir = _parse(run_copy, "PretrainOptions.enabled = True")
+  with pytest.raises(pretrain_stage.PretrainError,
+                     match=r"hf/config.json: the pretrained model's shape differs"):
+    stages.run_stages(["llm"], run_dir, seed=0, force=True)
+
+
+def test_pretrain_and_an_imported_checkpoint_together_are_refused(pretrained_run, tmp_path):
+  run_copy = tmp_path / "run"
+  shutil.copytree(pretrained_run, run_copy)
+  run_dir = _parse(run_copy, "PretrainOptions.enabled = True",
+                   f"LlmStageOptions.pretrained_checkpoint = '{tmp_path}'")
+  with pytest.raises(pretrain_stage.PretrainError, match="both set"):
+    stages.run_stages(["llm"], run_dir, seed=0, force=True)
+
+
+def test_disabled_pretrain_is_a_no_op_and_the_llm_trains_from_scratch(tmp_path):
+  run_dir = _parse(tmp_path, "LlmStageOptions.train_epochs = 0.1")
+  stages.run_stages(["llm"], run_dir, seed=0)
+  assert json.loads((run_dir.complete_path("pretrain") / pretrain_stage.METRICS).read_text()) \
+      == {"enabled": False}
+  assert llm_stage.load_metrics(run_dir.complete_path("llm"))["pretrained"] is None
+
+
+def test_steps_follow_epochs_and_rows():
+  options = pretrain_stage.PretrainOptions(epochs=2.0, batch_size=16)
+  assert pretrain_stage.steps_for(options, 40) == 5
+  assert pretrain_stage.steps_for(options, 400) == 50
+  fixed = pretrain_stage.PretrainOptions(train_steps=7)
+  assert pretrain_stage.steps_for(fixed, 400) == 7
+  with pytest.raises(pretrain_stage.PretrainError, match="PretrainOptions.epochs"):
+    pretrain_stage.PretrainOptions(epochs=0.0)
+  assert train.steps_for_epochs(1.5, 100, 16) == 10
+  with pytest.raises(train.TrainerConfigError, match="epochs=0"):
+    train.steps_for_epochs(0, 100, 16)
+  with pytest.raises(llm_stage.LlmStageError, match="LlmStageOptions.train_epochs"):
+    llm_stage.LlmStageOptions(train_epochs=-1.0)
+
+
+def test_a_tokenizer_that_does_not_cover_the_descriptions_is_named(tmp_path):
+  tokenizer = tokenizer_lib.train_sentencepiece(["abc def abc"] * 20, tmp_path / "spm.model",
+                                                vocab_size=16)
+  with pytest.raises(pretrain_stage.PretrainError, match=r"spm.model: the tokenizer does not "
+                     r"cover the description of cluster 1"):
+    pretrain_stage.check_covers(tokenizer, ["abc", "xyz"], "the description of cluster")
+
+
+def test_document_rows_pack_documents_and_split_long_ones(tmp_path):
+  tokenizer = tokenizer_lib.train_sentencepiece(["abc def ghi"] * 20, tmp_path / "spm.model",
+                                                vocab_size=16)
+  arrays = pretrain_stage.document_rows(tokenizer, ["abc def " * 20, "ghi"], max_length=16)
+  weights = arrays["decoder_loss_weights"]
+  n_long = len(tokenizer.encode("abc def " * 20, add_eos=True))
+  n_short = len(tokenizer.encode("ghi", add_eos=True))
+  assert weights.sum() == n_long + n_short  # every token is a target
+  assert arrays["decoder_target_tokens"].shape[1] == 16
+
+
+def test_catalog_corpus_writes_one_line_per_item_with_text():
+  catalog = ItemCatalog(item_ids=np.arange(3), title=np.array(["Heat (1995)", "", "Up (2009)"]),
+                        text={"genres": np.array(["Action|Crime", "", "Animation"]),
+                              "tags": np.array(["heist\tla", "", ""])})
+  documents = catalog_corpus.catalog_corpus(catalog, seed=0)
+  assert sorted(documents) == ["Heat (1995). genres: Action|Crime. tags: heist la.",
+                               "Up (2009). genres: Animation."]
+  empty = ItemCatalog(item_ids=np.arange(2), title=np.array(["", ""]), text={})
+  with pytest.raises(catalog_corpus.CatalogCorpusError, match="no item has a title or text"):
+    catalog_corpus.catalog_corpus(empty)
+
+
+def test_export_imports_back_to_the_same_weights(tmp_path):
+  tokenizer = tokenizer_lib.train_sentencepiece(["abc def ghi"] * 20, tmp_path / "spm.model",
+                                                vocab_size=16)
+  config = DecoderConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=8, mlp_dim=32)
+  model = build_decoder(config, seed=3)
+  folder = checkpoint_export.export_hf_checkpoint(model, config, tmp_path / "spm.model",
+                                                  tmp_path / "hf")
+  imported = checkpoint_import.import_hf_checkpoint(folder)
+  tokens = np.array([[0, 3, 4, 5]], np.int32)
+  np.testing.assert_allclose(np.asarray(imported.model(tokens)), np.asarray(model(tokens)),
+                             rtol=1e-6, atol=1e-6)
