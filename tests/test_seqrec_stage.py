@@ -182,8 +182,9 @@ def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
   metrics = json.loads((path / "metrics.json").read_text())
   for who in ("model", "most_popular"):
     for split in ("val", "test"):
-      assert set(metrics[who][split]) == {"hr@10", "ndcg@10"}
+      assert set(metrics[who][split]) == {"hr@10", "ndcg@10", "mrr@10"}
   assert metrics["softmax"] == "sampled" and metrics["seconds_per_epoch"] > 0
+  assert 0 < metrics["seconds_to_best_epoch"] <= metrics["seconds_to_stop"]
   assert metrics["cluster_embeddings"] == 0
   assert_grounding_consistent(metrics)
   assert_vectors_hold_the_tuned_prior(run_dir, metrics)
