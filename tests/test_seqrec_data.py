@@ -58,12 +58,40 @@ def test_training_windows_cover_every_pair_once_newest_window_full():
   np.testing.assert_array_equal(windows["targets"], [[4, 5, 6, 7], [0, 0, 2, 3]])
 
 
-def test_overlapping_windows_with_a_stride():
-  log = make_log([(0, i, i) for i in range(8)])  # 6 train items, 5 pairs
+def test_strided_windows_score_each_pair_once_with_its_longest_context():
+  log = make_log([(0, i, i) for i in range(8)])  # 6 train items (tokens 1..6), 5 pairs
+  split = data_lib.leave_last_out(data_lib.user_sequences(log))
+  windows = data_lib.training_windows(split, max_len=3, stride=2)
+  # Rows end at pairs 5, 3, 1; each scores only its newest 2 targets.
+  np.testing.assert_array_equal(windows["inputs"], [[3, 4, 5], [1, 2, 3], [0, 0, 1]])
+  np.testing.assert_array_equal(windows["targets"], [[5, 6], [3, 4], [0, 2]])
+  # Every target 2..6 appears once.
+  np.testing.assert_array_equal(np.sort(windows["targets"][windows["targets"] > 0]),
+                                [2, 3, 4, 5, 6])
+
+
+def test_stride_one_is_the_last_window_of_every_prefix():
+  log = make_log([(0, i, i) for i in range(8)])
   split = data_lib.leave_last_out(data_lib.user_sequences(log))
   windows = data_lib.training_windows(split, max_len=3, stride=1)
-  np.testing.assert_array_equal(windows["inputs"], [[3, 4, 5], [2, 3, 4], [1, 2, 3]])
-  np.testing.assert_array_equal(windows["targets"], [[4, 5, 6], [3, 4, 5], [2, 3, 4]])
+  np.testing.assert_array_equal(windows["inputs"],
+                                [[3, 4, 5], [2, 3, 4], [1, 2, 3], [0, 1, 2], [0, 0, 1]])
+  np.testing.assert_array_equal(windows["targets"], [[6], [5], [4], [3], [2]])
+  # Context per target: min(items before it, max_len) = 3, 3, 3, 2, 1.
+  assert data_lib.mean_context(windows) == pytest.approx(12 / 5)
+
+
+def test_smaller_strides_give_longer_contexts_at_a_linear_cost():
+  log = make_log([(u, (u + i) % 50, i) for u in range(4) for i in range(102)], num_items=50)
+  split = data_lib.leave_last_out(data_lib.user_sequences(log))
+  whole = data_lib.training_windows(split, max_len=20)
+  strided = data_lib.training_windows(split, max_len=20, stride=5)
+  # Non-overlapping windows: the mean context is about max_len / 2; stride 5: >= 16.
+  assert data_lib.mean_context(whole) < 11 and data_lib.mean_context(strided) > 16
+  # Scored targets are the same 4 x 99 pairs; rows grow as pairs / stride.
+  for windows in (whole, strided):
+    assert (windows["targets"] > 0).sum() == 4 * 99
+  assert len(strided["inputs"]) == 4 * 20 and strided["targets"].shape == (80, 5)
 
 
 def test_empty_log_is_a_clear_error():

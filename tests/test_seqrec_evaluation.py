@@ -57,6 +57,11 @@ def test_hr_and_ndcg_values():
   assert metrics["ndcg@5"] == pytest.approx((1.0 + 1.0 / math.log2(6)) / 2)
 
 
+def test_mrr_is_the_mean_reciprocal_rank_of_hits():
+  metrics = evaluation.ranking_metrics(np.array([0, 1, 3, 12]), ks=(10,))
+  assert metrics["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 0) / 4)
+
+
 def test_a_target_seen_before_is_still_ranked():
   split = make_split([[1, 2, 1]], num_items=6)  # test target = token 2, also a training item
   test = data_lib.ranking_examples(split, "test", max_len=3)

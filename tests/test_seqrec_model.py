@@ -97,6 +97,9 @@ def test_forward_flops_count_matmuls():
   # plus the output layer 2 * 8 * scored; times 4 tokens.
   per_token = 2 * (4 * 64 + 2 * 128) + 2 * 2 * 4 * 8 + 2 * 8 * 100
   assert model_lib.forward_flops_per_example(config, 100) == 4 * per_token
+  # Scoring only the last position: the output layer once instead of 4 times.
+  assert model_lib.forward_flops_per_example(config, 100, scored_positions=1) == (
+      4 * per_token - 3 * 2 * 8 * 100)
 
 
 def test_params_carry_logical_axes():

@@ -94,8 +94,36 @@ def test_catalog_size_mismatch_is_named(tmp_path):
 
 
 def test_bad_selection_metric_is_named():
-  with pytest.raises(training_lib.SeqRecTrainingError, match="'mrr@10'"):
-    training_lib.SeqRecTraining(selection_metric="mrr@10")
+  with pytest.raises(training_lib.SeqRecTrainingError, match="'map@10'"):
+    training_lib.SeqRecTraining(selection_metric="map@10")
+
+
+def with_test_items_replaced(split, seed=1):
+  """The same split with every evaluated user's test item replaced by a random item."""
+  seq = split.sequences
+  tokens = seq.tokens.copy()
+  last = seq.offsets[split.eval_users + 1] - 1  # [E] position of each test item
+  rng = np.random.default_rng(seed)
+  tokens[last] = rng.integers(1, seq.num_items + 1, size=len(last))
+  sequences = data_lib.UserSequences(offsets=seq.offsets, tokens=tokens, num_items=seq.num_items)
+  return data_lib.LeaveLastOutSplit(sequences=sequences, train_length=split.train_length,
+                                    eval_users=split.eval_users)
+
+
+def test_test_items_do_not_change_the_selected_epoch(tmp_path):
+  training = training_lib.SeqRecTraining(train_epochs=4, eval_every_epochs=1, patience=4,
+                                         batch_size=16, learning_rate=0.01, warmup_steps=0,
+                                         selection_metric="mrr@10", window_stride=4)
+  split = cyclic_split()
+  changed = with_test_items_replaced(split)
+  first = training_lib.fit(split, CONFIG, tmp_path / "a", one_device_mesh(), training)
+  second = training_lib.fit(changed, CONFIG, tmp_path / "b", one_device_mesh(), training)
+  assert [r["val"] for r in first.rounds] == [r["val"] for r in second.rounds]
+  assert first.best["epoch"] == second.best["epoch"]
+  # The test split was read (once, at the end): its numbers are what changed.
+  assert first.best["test"] != second.best["test"]
+  assert first.best["test"]["hr@10"] > 0.5 > second.best["test"]["hr@10"]
+  assert all("test" not in r for r in first.rounds)
 
 
 TINY_RUN = [
@@ -154,8 +182,9 @@ def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
   metrics = json.loads((path / "metrics.json").read_text())
   for who in ("model", "most_popular"):
     for split in ("val", "test"):
-      assert set(metrics[who][split]) == {"hr@10", "ndcg@10"}
+      assert set(metrics[who][split]) == {"hr@10", "ndcg@10", "mrr@10"}
   assert metrics["softmax"] == "sampled" and metrics["seconds_per_epoch"] > 0
+  assert 0 < metrics["seconds_to_best_epoch"] <= metrics["seconds_to_stop"]
   assert metrics["cluster_embeddings"] == 0
   assert_grounding_consistent(metrics)
   assert_vectors_hold_the_tuned_prior(run_dir, metrics)
@@ -225,3 +254,24 @@ def test_bad_grounding_options_are_named():
   for bad in ((1.0, float("inf")), ("1",), 2.0):
     with pytest.raises(seqrec_stage.SeqRecStageError, match="prior_weights=.* must be a tuple"):
       seqrec_stage.SeqRecStageOptions(prior_weights=bad)
+
+
+SEQREC_PRESETS = sorted(
+    p.name for p in (Path(gin_config.__file__).resolve().parents[1] / "configs" / "seqrec"
+                     / "models").glob("*.gin"))
+
+
+@pytest.mark.parametrize("name", SEQREC_PRESETS)
+def test_every_model_preset_overrides_the_movielens_model(name):
+  gin_config.parse_gin(["movielens.gin", "seqrec/movielens_sasrec.gin", f"seqrec/models/{name}"],
+                       ["RUN_DIR = '/tmp/explore_config_check'", "MOVIELENS_DIR = '/tmp/ml'"])
+  config = SeqRecConfig(num_items=100)
+  assert config.embed_dim % config.num_heads == 0 and config.max_len == 50
+
+
+def test_the_published_sasrec_preset_has_its_shape():
+  gin_config.parse_gin(["seqrec/models/sasrec.gin"], [])
+  config = SeqRecConfig(num_items=100)
+  assert (config.embed_dim, config.num_heads, config.hidden_dim, config.num_blocks,
+          config.dropout) == (64, 2, 256, 2, 0.5)
+  assert {"sasrec.gin", "sasrec_small.gin", "sasrec_large.gin"} <= set(SEQREC_PRESETS)

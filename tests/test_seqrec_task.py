@@ -40,6 +40,21 @@ def test_full_softmax_matches_a_numpy_cross_entropy_over_items():
   np.testing.assert_allclose(float(metrics["loss_sum"]), expected * count, rtol=1e-5)
 
 
+def test_narrow_targets_score_only_the_last_positions():
+  model = build_model(CONFIG, seed=3)
+  narrow = {"inputs": BATCH["inputs"], "targets": BATCH["targets"][:, -2:]}  # [B, 2]
+  masked = {"inputs": BATCH["inputs"], "targets": BATCH["targets"].at[:, :-2].set(0)}  # [B, L]
+  for softmax in (SoftmaxConfig(), SoftmaxConfig(kind="sampled", negatives_per_example=0)):
+    counts = np.ones(CONFIG.num_items + 1)
+    loss, metrics = SeqRecTask(CONFIG, softmax, counts).loss(model, narrow, train=False)
+    expected, expected_metrics = SeqRecTask(CONFIG, softmax, counts).loss(model, masked,
+                                                                          train=False)
+    assert float(metrics["weight"]) == 4
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+  full = SeqRecTask(CONFIG).flops_per_example()
+  assert SeqRecTask(CONFIG, scored_positions=2).flops_per_example() < full
+
+
 def sampled_loss(model, counts, sampler_kind, draws, seed):
   """Mean sampled-softmax loss with `draws` proposal negatives (no in-batch negatives)."""
   softmax = SoftmaxConfig(kind="sampled", in_batch_negatives=False, sampler=sampler_kind,

@@ -139,14 +139,22 @@ def encode_histories(histories: Sequence[Sequence[int]], num_items: int, max_len
 
 def training_windows(split: LeaveLastOutSplit, max_len: int, stride: int | None = None,
                      max_windows_per_user: int | None = None) -> dict[str, np.ndarray]:
-  """Fixed-length (input, next item) windows over every user's training prefix.
+  """Training rows that give every (input, next item) pair of a training prefix its context.
 
-  The pairs (x_t, x_{t+1}) of a prefix are cut into windows of `max_len`
-  pairs ending at the newest pair and stepping back by `stride` (default
-  `max_len`: no overlap) until the oldest pair is covered, or until
-  `max_windows_per_user` windows (1: the original SASRec, one sequence per
-  user); windows are left-padded, targets 0 where there is no pair. Returns
-  {"inputs", "targets"}, each [num_windows, max_len] int32.
+  Row r reads the `max_len` inputs before its end (left-padded) and is scored
+  only on its newest `stride` pairs (default `max_len`: non-overlapping
+  windows, every position scored). Rows end at the newest pair and step back
+  by `stride` until the oldest pair is covered (or `max_windows_per_user`
+  rows; 1 with stride = max_len is the original SASRec's one sequence per
+  user). So every pair is scored exactly once, reading min(all earlier items,
+  at least max_len - stride + 1) items: stride 1 is the last window of every
+  prefix. The rows number about pairs / stride and each costs the same, so an
+  epoch costs max_len / stride transformer positions and one output-layer
+  scoring per pair: linear in the number of pairs.
+
+  Returns {"inputs": [rows, max_len], "targets": [rows, stride]} int32; the
+  targets are the next items of the last `stride` input positions, 0 where
+  there is no pair.
   """
   stride = max_len if stride is None else stride
   if not isinstance(max_len, int) or max_len < 1:
@@ -160,9 +168,7 @@ def training_windows(split: LeaveLastOutSplit, max_len: int, stride: int | None 
                             "must be None or a positive integer")
   seq = split.sequences
   pairs = np.maximum(split.train_length - 1, 0)  # [users]
-  # Windows per user: the newest, then one per `stride` until the oldest pair is inside.
-  windows = np.where(pairs > 0, 1 + np.ceil(np.maximum(pairs - max_len, 0) / stride), 0)
-  windows = windows.astype(np.int64)
+  windows = -(-pairs // stride)  # [users] ceil(pairs / stride)
   if max_windows_per_user is not None:
     windows = np.minimum(windows, max_windows_per_user)
   if windows.sum() == 0:
@@ -172,11 +178,19 @@ def training_windows(split: LeaveLastOutSplit, max_len: int, stride: int | None 
   first = np.concatenate([[0], np.cumsum(windows)[:-1]])
   k = np.arange(windows.sum()) - np.repeat(first, windows)  # [W] window index, newest first
   end_pair = pairs[user] - k * stride  # [W] pairs before the window's end
-  length = np.minimum(end_pair, max_len)  # [W]
   start = seq.offsets[:-1][user]  # [W]
-  inputs = _left_padded(seq.tokens, start + end_pair, length, max_len)  # [W, L]
-  targets = _left_padded(seq.tokens, start + end_pair + 1, length, max_len)  # [W, L]
+  inputs = _left_padded(seq.tokens, start + end_pair, end_pair, max_len)  # [W, L]
+  targets = _left_padded(seq.tokens, start + end_pair + 1, end_pair, stride)  # [W, S]
   return {"inputs": inputs, "targets": targets}
+
+
+def mean_context(windows: dict[str, np.ndarray]) -> float:
+  """Mean number of items the scored positions read (their input and the earlier ones)."""
+  inputs, targets = windows["inputs"], windows["targets"]
+  scored = inputs[:, -targets.shape[1]:]  # [W, S]
+  context = np.cumsum(inputs != PAD, axis=1)[:, -targets.shape[1]:]  # [W, S]
+  keep = (targets != PAD) & (scored != PAD)
+  return float(context[keep].mean())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ validation item) are removed, and the target's rank among the rest is taken.
 The target itself is never removed, even if the user had seen it before
 (repeat consumption). Ties go to the lower item id, as in retrieval, so a
 constant scorer is not rewarded. HR@k = P(rank < k); NDCG@k = mean of
-1 / log2(rank + 2) over hits (one relevant item per case).
+1 / log2(rank + 2) over hits; MRR@k = mean of 1 / (rank + 1) over hits (one
+relevant item per case).
 
 Scoring is batched over users in jitted JAX: [batch, items] scores, a scatter
 of the seen items, one comparison against the target's score.
@@ -29,6 +30,7 @@ from explore.seqrec.data import LeaveLastOutSplit, RankingExamples
 from explore.seqrec.model import PAD, SeqRecModel
 
 DEFAULT_KS = (10,)
+METRICS = ("hr", "ndcg", "mrr")  # the names `ranking_metrics` reports at each cutoff
 
 # (inputs [B, L] int32) -> scores [B, V] of every token (V >= num_items + 1).
 Scorer = Callable[[jax.Array], jax.Array]
@@ -60,7 +62,7 @@ def target_ranks(scores: jax.Array, targets: jax.Array, seen: jax.Array,
 
 
 def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-  """{'hr@k', 'ndcg@k'} for each cutoff, averaged over the cases."""
+  """{'hr@k', 'ndcg@k', 'mrr@k'} for each cutoff, averaged over the cases."""
   ranks = np.asarray(ranks)
   if not len(ranks):
     raise EvaluationError("ranking_metrics: no ranks (no users to evaluate)")
@@ -71,6 +73,7 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     hit = ranks < k
     out[f"hr@{k}"] = float(hit.mean())
     out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out[f"mrr@{k}"] = float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean())
   return out
 
 

@@ -247,16 +247,19 @@ def build_model(config: SeqRecConfig, seed: int = 0) -> SeqRecModel:
     return SeqRecModel(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def forward_flops_per_example(config: SeqRecConfig, scored_items: int) -> float:
+def forward_flops_per_example(config: SeqRecConfig, scored_items: int,
+                              scored_positions: int | None = None) -> float:
   """Forward FLOPs of one length-`max_len` example, MaxText counting.
 
   2 FLOPs per multiply-add of every matmul: Q/K/V/output projections and the
   MLP per token, attention scores and mixing over the full (not halved causal)
-  length, and the output layer over `scored_items` candidates per position.
+  length, and the output layer over `scored_items` candidates at each of the
+  `scored_positions` positions that have targets (default: every position).
   Embedding lookups, norms and softmax are not counted.
   """
   d, f, length = config.embed_dim, config.hidden_dim, config.max_len
+  scored_positions = length if scored_positions is None else scored_positions
   heads_dim = config.num_heads * config.head_dim
   per_token_block = 2 * (4 * d * heads_dim + 2 * d * f) + 2 * 2 * length * heads_dim
-  per_token = config.num_blocks * per_token_block + 2 * d * scored_items
-  return float(per_token * length)
+  return float(config.num_blocks * per_token_block * length
+               + 2 * d * scored_items * scored_positions)

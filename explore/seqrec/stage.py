@@ -5,11 +5,12 @@ map at the exploration level, and writes into the stage folder:
   model/            the trainer's model_dir (orbax checkpoints, model-info.txt,
                     train/ TensorBoard scalars and metrics.jsonl)
   best_checkpoint/  a copy of the checkpoint with the best validation NDCG@10
-  validation.jsonl  HR@k / NDCG@k (validation and test) after every round of epochs
+  validation.jsonl  validation HR@k / NDCG@k / MRR@k after every round of epochs
   vectors/          `SeqRecVectors` of the best round (item and user vectors, for retrieval),
                     with the popularity prior and its weight tuned for in-cluster retrieval
-  metrics.json      the model at its best validation round and the most-popular
-                    baseline (HR@k / NDCG@k, validation and test), seconds per epoch,
+  metrics.json      the model at its best validation round (test ranked once, after
+                    training) and the most-popular baseline (HR@k / NDCG@k / MRR@k,
+                    validation and test), seconds per epoch and to the best epoch,
                     and "grounding": the best model's retrieval restricted to the
                     test item's cluster (`grounding.py`), with and without the
                     popularity prior (its weight tuned on the validation cases)
@@ -38,7 +39,7 @@ from explore.seqrec import data as data_lib
 from explore.seqrec import grounding as grounding_lib
 from explore.seqrec import training as training_lib
 from explore.seqrec import vectors as vectors_lib
-from explore.seqrec.model import SeqRecConfig, SeqRecModel, build_model
+from explore.seqrec.model import SeqRecConfig, SeqRecModel
 from explore.retrieval.restricted import IMPLEMENTATIONS
 from explore.seqrec.task import SoftmaxConfig
 from explore.seqrec.vectors import SeqRecVectors
@@ -120,22 +121,7 @@ def model_config(num_items: int, num_clusters: int, options: SeqRecStageOptions)
   return config
 
 
-def restore_best_model(config: SeqRecConfig, stage_path: Path, step: int,
-                       seed: int = 0) -> SeqRecModel:
-  """The model of `best_checkpoint/checkpoint_<step>` (weights only, on one device)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from explore.train import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
-  from explore.train import train_step as step_lib  # pylint: disable=g-import-not-at-top
-  graphdef, params, extras = step_lib.split_model(build_model(config, seed))
-  folder = Path(stage_path) / training_lib.BEST_CHECKPOINT
-  target = step_lib.TrainState(params=params, extras=extras, opt_state=None, step=None)
-  checkpoints = checkpoints_lib.TrainCheckpoints(folder, keep=None, async_save=False)
-  try:
-    restored, _, _ = checkpoints.restore(target, folder / f"checkpoint_{step}",
-                                         weights_only=True)
-  finally:
-    checkpoints.close()
-  return nnx.merge(graphdef, restored["params"], restored.get("extras", extras))
+restore_best_model = training_lib.restore_best_model
 
 
 def case_user_vectors(model: SeqRecModel, split: data_lib.LeaveLastOutSplit,
@@ -239,8 +225,12 @@ def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "epochs_trained": result.rounds[-1]["epoch"],
       "stopped_reason": result.stopped_reason,
       "seconds_per_epoch": result.seconds_per_epoch,
+      "seconds_to_best_epoch": best.get("elapsed_seconds"),
+      "seconds_to_stop": result.rounds[-1].get("elapsed_seconds"),
       "steps_per_epoch": result.steps_per_epoch,
       "training_windows": result.num_windows,
+      "mean_training_context": round(result.mean_context, 2),
+      "seed": ctx.seed,
       "train_loss_first_round": losses[0] if losses else None,
       "train_loss_last_round": losses[-1] if losses else None,
       "users": split.sequences.num_users,
@@ -257,4 +247,4 @@ def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
   _log_grounding(grounding)
   return {key: metrics[key] for key in (
       "model", "most_popular", "grounding", "best_epoch", "epochs_trained", "seconds_per_epoch",
-      "stopped_reason", "evaluated_users")}
+      "seconds_to_best_epoch", "seconds_to_stop", "stopped_reason", "evaluated_users")}

@@ -1,7 +1,8 @@
 """`SeqRecTask`: the sequence recommender's loss for the shared trainer.
 
-SASRec training: every position of a window predicts the next item, padding
-masked. Two losses, selected by `SoftmaxConfig.kind`:
+SASRec training: every scored position of a row (its last S = targets.shape[1]
+positions, `data.training_windows`) predicts the next item, padding masked;
+only those positions reach the output layer. Two losses, selected by `SoftmaxConfig.kind`:
 
 * "full": softmax over the whole catalog (exact; the default for small
   catalogs such as MovieLens).
@@ -71,14 +72,17 @@ class SeqRecTask:
   """Next-item prediction at every position, for `explore.train.Trainer`."""
 
   def __init__(self, config: SeqRecConfig, softmax: SoftmaxConfig | None = None,
-               target_counts: np.ndarray | None = None, batch_size: int | None = None):
+               target_counts: np.ndarray | None = None, batch_size: int | None = None,
+               scored_positions: int | None = None):
     """`target_counts`: [num_items + 1] training counts per token (sampled softmax only).
 
     `batch_size` (global) sizes the sampled softmax's candidate pool for the
-    FLOPs count; without it a sampled task reports no FLOPs.
+    FLOPs count; without it a sampled task reports no FLOPs. `scored_positions`:
+    the targets per row (the windows' stride; default max_len), for the count.
     """
     self.config = config
     self.batch_size = batch_size
+    self.scored_positions = scored_positions or config.max_len
     self.softmax = softmax or SoftmaxConfig()
     self.sampler = None
     if self.softmax.kind == "sampled":
@@ -107,7 +111,7 @@ class SeqRecTask:
     """3 x forward FLOPs of a window; the output layer scores every candidate per position.
 
     Full softmax: every table row. Sampled: the pool shared by the batch,
-    batch_size x (negatives_per_example + max_len in-batch targets).
+    batch_size x (negatives_per_example + scored_positions in-batch targets).
     """
     if self.softmax.kind == "full":
       scored = self.config.vocab_size
@@ -115,14 +119,15 @@ class SeqRecTask:
       return None
     else:
       per_example = self.softmax.negatives_per_example + (
-          self.config.max_len if self.softmax.in_batch_negatives else 0)
+          self.scored_positions if self.softmax.in_batch_negatives else 0)
       scored = self.batch_size * per_example
-    return 3.0 * forward_flops_per_example(self.config, scored)
+    return 3.0 * forward_flops_per_example(self.config, scored, self.scored_positions)
 
   def loss(self, model: SeqRecModel, batch: dict[str, jax.Array], train: bool
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     hidden = model(batch["inputs"], batch.get("input_clusters"), train=train)  # [B, L, D]
-    targets = batch["targets"]  # [B, L]
+    targets = batch["targets"]  # [B, S]: the next items of the last S positions (S <= L)
+    hidden = hidden[:, hidden.shape[1] - targets.shape[1]:]  # [B, S, D]
     hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
     targets = targets.reshape(-1)  # [N]
     weight = (targets != PAD).astype(jnp.float32)  # [N]

@@ -2,14 +2,16 @@
 
 `fit` trains with the shared `explore.train.Trainer` in rounds of
 `eval_every_epochs` epochs. After each round it ranks the full catalog for
-every evaluated user (validation and test, `evaluation.py`), appends the
-result to `<work_dir>/validation.jsonl` (and TensorBoard scalars to
-`model/training_eval/`), and when validation NDCG@k improves
-copies that round's checkpoint to `<work_dir>/best_checkpoint/`. Training
-stops after `train_epochs`, or earlier when validation has not improved for
-`patience` rounds; the reported test numbers are those of the best validation
-round (the model that would be kept). Everything is resumable: a rerun
-continues from the trainer's latest checkpoint and the rounds already logged.
+every evaluated user on the **validation** targets only (`evaluation.py`),
+appends the result to `<work_dir>/validation.jsonl` (and TensorBoard scalars
+to `model/training_eval/`), and when the selection metric (NDCG@k, HR@k or
+MRR@k) improves copies that round's checkpoint to `<work_dir>/best_checkpoint/`.
+Training stops after `train_epochs`, or earlier when validation has not
+improved for `patience` epochs. Only then is the test split read, once: the
+best checkpoint is restored and ranked on the test targets, so nothing about
+the test items can reach the choice of the round. Everything is resumable: a
+rerun continues from the trainer's latest checkpoint and the rounds already
+logged.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ class SeqRecTraining:
 
   train_epochs: int = 200
   eval_every_epochs: int = 5  # validation ranking (and a checkpoint) every this many epochs
-  patience: int = 10  # stop after this many rounds without a better validation NDCG@k
+  patience: int = 50  # stop after this many epochs without a better validation metric
   batch_size: int = 128  # windows per step
-  window_stride: int | None = None  # None: max_len (non-overlapping windows)
+  # Targets scored per window, and the step between windows (`data.training_windows`):
+  # None = max_len (non-overlapping windows); smaller gives each target a longer context.
+  window_stride: int | None = None
   max_windows_per_user: int | None = None  # None: cover each whole history; 1: SASRec's newest
   learning_rate: float = 1e-3
   warmup_steps: int = 100
@@ -84,10 +88,10 @@ class SeqRecTraining:
       if not isinstance(value, int) or value < 1:
         raise SeqRecTrainingError(f"SeqRecTraining.{name}={value!r} must be a positive integer")
     metric, _, k = self.selection_metric.partition("@")
-    if metric not in ("hr", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+    if metric not in evaluation.METRICS or not k.isdigit() or int(k) not in self.ks:
       raise SeqRecTrainingError(
-          f"SeqRecTraining.selection_metric={self.selection_metric!r} must be 'hr@k' or "
-          f"'ndcg@k' with k in ks={self.ks}")
+          f"SeqRecTraining.selection_metric={self.selection_metric!r} must be one of "
+          f"{', '.join(m + '@k' for m in evaluation.METRICS)} with k in ks={self.ks}")
 
 
 @dataclasses.dataclass
@@ -95,13 +99,14 @@ class FitResult:
   """What `fit` reports and hands on."""
 
   model: SeqRecModel  # the trained model at its last round (not necessarily the best)
-  best: dict[str, Any]  # the best validation round: step, epoch, val/test metrics
+  best: dict[str, Any]  # the best validation round (step, epoch, val) + its "test" metrics
   rounds: list[dict[str, Any]]  # every validation round
   baseline: dict[str, dict[str, float]]  # most popular: {"val": ..., "test": ...}
   vectors: SeqRecVectors  # item and user vectors of the best round
   steps_per_epoch: int
   seconds_per_epoch: float | None  # median wall time of an epoch over rounds (no compile)
   num_windows: int
+  mean_context: float  # mean items read by a scored training position
   stopped_reason: str  # "done" | "early_stopped"
   train_history: list[dict] = dataclasses.field(default_factory=list)
 
@@ -129,12 +134,30 @@ def _copy_checkpoint(model_dir: Path, step: int, target: Path) -> None:
     raise
 
 
-def _write_scalars(model_dir: Path, record: dict[str, Any]) -> None:
-  """The round's ranking metrics as TensorBoard scalars in `model_dir/training_eval/`."""
+def _write_scalars(model_dir: Path, step: int, values: dict[str, dict[str, float]]) -> None:
+  """{split: ranking metrics} as TensorBoard scalars in `model_dir/training_eval/`."""
   writer = metrics_lib.MetricWriter(model_dir / EVAL_DIR, jax.process_index() == 0)
-  writer.write(record["step"], {f"{split}/{name}": value for split in ("val", "test")
-                                for name, value in record[split].items()})
+  writer.write(step, {f"{split}/{name}": value for split, metrics in values.items()
+                      for name, value in metrics.items()})
   writer.close()
+
+
+def restore_best_model(config: SeqRecConfig, work_dir: Path, step: int,
+                       seed: int = 0) -> SeqRecModel:
+  """The model of `best_checkpoint/checkpoint_<step>` (weights only, on one device)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from explore.train import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
+  from explore.train import train_step as step_lib  # pylint: disable=g-import-not-at-top
+  graphdef, params, extras = step_lib.split_model(build_model(config, seed))
+  folder = Path(work_dir) / BEST_CHECKPOINT
+  target = step_lib.TrainState(params=params, extras=extras, opt_state=None, step=None)
+  checkpoints = checkpoints_lib.TrainCheckpoints(folder, keep=None, async_save=False)
+  try:
+    restored, _, _ = checkpoints.restore(target, folder / f"checkpoint_{step}",
+                                         weights_only=True)
+  finally:
+    checkpoints.close()
+  return nnx.merge(graphdef, restored["params"], restored.get("extras", extras))
 
 
 def token_clusters(config: SeqRecConfig, item_clusters: np.ndarray | None,
@@ -159,10 +182,63 @@ def token_clusters(config: SeqRecConfig, item_clusters: np.ndarray | None,
   return np.concatenate([[0], item_clusters.astype(np.int32) + 1]).astype(np.int32)
 
 
-def _stalled_rounds(rounds: Sequence[dict[str, Any]], metric: str) -> int:
-  """Rounds since the best validation value (0 when the last round is the best)."""
-  values = [r["val"][metric] for r in rounds]
-  return len(values) - 1 - int(np.argmax(values))
+def best_round(rounds: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
+  """The first round with the highest validation `metric` (ties keep the earlier one)."""
+  return rounds[int(np.argmax([r["val"][metric] for r in rounds]))]
+
+
+def _stalled_epochs(rounds: Sequence[dict[str, Any]], metric: str) -> int:
+  """Epochs since the best validation value (0 when the last round is the best)."""
+  return rounds[-1]["epoch"] - best_round(rounds, metric)["epoch"]
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+  """What `fit` trains with (also timed on its own by bench/seqrec_train.py)."""
+
+  trainer: Trainer
+  batches: sampling.SequenceBatches
+  windows: dict[str, np.ndarray]  # `data.training_windows`
+  clusters_of_tokens: np.ndarray | None
+  steps_per_epoch: int
+
+
+def build_trainer(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig,
+                  model_dir: Path, mesh: jax.sharding.Mesh, training: SeqRecTraining,
+                  softmax: SoftmaxConfig, seed: int = 0,
+                  item_clusters: np.ndarray | None = None) -> TrainingSetup:
+  """The training rows, their resumable batches and the trainer (not yet restored)."""
+  num_items = split.sequences.num_items
+  if model_config.num_items != num_items:
+    raise SeqRecTrainingError(f"SeqRecConfig.num_items={model_config.num_items} but the "
+                              f"interactions have {num_items} items")
+  clusters_of_tokens = token_clusters(model_config, item_clusters, num_items)
+  windows = data_lib.training_windows(split, model_config.max_len, training.window_stride,
+                                      training.max_windows_per_user)
+  num_windows = len(windows["inputs"])
+  if num_windows < training.batch_size:
+    raise SeqRecTrainingError(
+        f"SeqRecTraining.batch_size={training.batch_size} is larger than the {num_windows} "
+        "training windows; lower it")
+  counts = split.target_counts()
+  task = SeqRecTask(model_config, softmax, counts, batch_size=training.batch_size,
+                    scored_positions=windows["targets"].shape[1])
+  batches = sampling.SequenceBatches(windows, training.batch_size, seed,
+                                     softmax.sampled_negatives, task.sampler, clusters_of_tokens)
+  steps_per_epoch = batches.batches_per_epoch
+  total_steps = steps_per_epoch * training.train_epochs
+  optimizer = make_optimizer(
+      total_steps, learning_rate=training.learning_rate,
+      warmup_steps=min(training.warmup_steps, total_steps), schedule=training.schedule,
+      end_learning_rate_fraction=0.1, weight_decay=training.weight_decay,
+      clip_norm=training.clip_norm, b1=training.b1, b2=training.b2)
+  trainer_config = TrainerConfig(
+      train_steps=steps_per_epoch, batch_size=training.batch_size, eval_every=0,
+      checkpoint_every=total_steps, keep_checkpoints=2, log_every=training.log_every,
+      seed=seed)
+  trainer = Trainer(task, lambda: build_model(model_config, seed), model_dir, mesh,
+                    trainer_config, optimizer=optimizer)
+  return TrainingSetup(trainer, batches, windows, clusters_of_tokens, steps_per_epoch)
 
 
 def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir: str | Path,
@@ -177,49 +253,21 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
 
   Writes into `work_dir`: `model/` (the trainer's checkpoints and logs),
   `validation.jsonl`, `best_checkpoint/` and `vectors/` (`SeqRecVectors` of
-  the best round).
+  the best round). Rounds are chosen on validation; the test split is ranked
+  once, with the best round's checkpoint, after training stops.
   """
   training = training or SeqRecTraining()
   softmax = softmax or SoftmaxConfig()
   work_dir = Path(work_dir)
   work_dir.mkdir(parents=True, exist_ok=True)
   num_items = split.sequences.num_items
-  if model_config.num_items != num_items:
-    raise SeqRecTrainingError(f"SeqRecConfig.num_items={model_config.num_items} but the "
-                              f"interactions have {num_items} items")
-
-  clusters_of_tokens = token_clusters(model_config, item_clusters, num_items)
-  windows = data_lib.training_windows(split, model_config.max_len, training.window_stride,
-                                      training.max_windows_per_user)
-  num_windows = len(windows["inputs"])
-  if num_windows < training.batch_size:
-    raise SeqRecTrainingError(
-        f"SeqRecTraining.batch_size={training.batch_size} is larger than the {num_windows} "
-        "training windows; lower it")
-  counts = split.target_counts()
-  task = SeqRecTask(model_config, softmax, counts, batch_size=training.batch_size)
-  batches = sampling.SequenceBatches(windows, training.batch_size, seed,
-                                     softmax.sampled_negatives, task.sampler, clusters_of_tokens)
-  steps_per_epoch = batches.batches_per_epoch
-  total_steps = steps_per_epoch * training.train_epochs
-  optimizer = make_optimizer(
-      total_steps, learning_rate=training.learning_rate,
-      warmup_steps=min(training.warmup_steps, total_steps), schedule=training.schedule,
-      end_learning_rate_fraction=0.1, weight_decay=training.weight_decay,
-      clip_norm=training.clip_norm, b1=training.b1, b2=training.b2)
-  trainer_config = TrainerConfig(
-      train_steps=steps_per_epoch, batch_size=training.batch_size, eval_every=0,
-      checkpoint_every=total_steps, keep_checkpoints=2, log_every=training.log_every,
-      seed=seed)
-  trainer = Trainer(task, lambda: build_model(model_config, seed), work_dir / MODEL_DIR,
-                    mesh, trainer_config, optimizer=optimizer)
+  setup = build_trainer(split, model_config, work_dir / MODEL_DIR, mesh, training, softmax,
+                        seed, item_clusters)
+  trainer, batches, windows = setup.trainer, setup.batches, setup.windows
+  clusters_of_tokens, steps_per_epoch = setup.clusters_of_tokens, setup.steps_per_epoch
+  num_windows, counts = len(windows["inputs"]), split.target_counts()
 
   val = data_lib.ranking_examples(split, "val", model_config.max_len)
-  test = data_lib.ranking_examples(split, "test", model_config.max_len)
-  baseline = {name: evaluation.evaluate(evaluation.popularity_scorer(counts), examples,
-                                        num_items, training.ks, training.eval_batch_size)
-              for name, examples in (("val", val), ("test", test))}
-  logging.info("seqrec most-popular baseline: val %s, test %s", baseline["val"], baseline["test"])
 
   trainer.restore(batches)  # the model and data position of the latest checkpoint, if any
   log_path = work_dir / VALIDATION_LOG
@@ -229,8 +277,9 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
   history: list[dict] = []
   round_epochs = list(range(training.eval_every_epochs, training.train_epochs,
                             training.eval_every_epochs)) + [training.train_epochs]
+  elapsed = rounds[-1].get("elapsed_seconds", 0.0) if rounds else 0.0
   for epoch in round_epochs:
-    if rounds and _stalled_rounds(rounds, metric) >= training.patience:
+    if rounds and _stalled_epochs(rounds, metric) >= training.patience:
       stopped_reason = "early_stopped"
       break
     if any(r["epoch"] == epoch for r in rounds):
@@ -250,30 +299,54 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
               "epochs_trained": (epoch - rounds[-1]["epoch"]) if rounds else epoch,
               "train_loss": result.history[-1]["loss"] if result.history else None,
               "val": evaluation.evaluate(scorer, val, num_items, training.ks,
-                                         training.eval_batch_size),
-              "test": evaluation.evaluate(scorer, test, num_items, training.ks,
-                                          training.eval_batch_size)}
+                                         training.eval_batch_size)}
     is_best = not rounds or record["val"][metric] > max(r["val"][metric] for r in rounds)
     if is_best:
       _copy_checkpoint(work_dir / MODEL_DIR, record["step"], work_dir / BEST_CHECKPOINT)
       vectors_lib.model_vectors(trainer.model, split.sequences,
                                 {"step": record["step"], "epoch": epoch},
                                 clusters_of_tokens).save(work_dir / VECTORS)
+    elapsed += time.perf_counter() - start
+    record["elapsed_seconds"] = round(elapsed, 3)  # training + validation since the start
     _append_round(log_path, record)
-    _write_scalars(work_dir / MODEL_DIR, record)
+    _write_scalars(work_dir / MODEL_DIR, record["step"], {"val": record["val"]})
     rounds.append(record)
-    logging.info("seqrec epoch %d (step %d): loss %s, val %s, test %s%s", epoch, record["step"],
-                 record["train_loss"], record["val"], record["test"],
-                 " (best so far)" if is_best else "")
+    logging.info("seqrec epoch %d (step %d, %.0f s): loss %s, val %s%s", epoch, record["step"],
+                 elapsed, record["train_loss"], record["val"], " (best so far)" if is_best else "")
     if on_round is not None:
       on_round(record)
 
-  best = rounds[int(np.argmax([r["val"][metric] for r in rounds]))]
+  best = dict(best_round(rounds, metric))
+  best["test"], baseline = _final_test(split, model_config, work_dir, best["step"], seed,
+                                       clusters_of_tokens, training, counts, val)
+  _write_scalars(work_dir / MODEL_DIR, best["step"], {"test": best["test"]})
+  logging.info("seqrec: best epoch %d by validation %s; test (read once) %s; most popular %s",
+               best["epoch"], metric, best["test"], baseline)
   per_epoch = [r["train_seconds"] / r["epochs_trained"] for r in rounds[1:]] or [
       r["train_seconds"] / r["epochs_trained"] for r in rounds]
   return FitResult(model=trainer.model, best=best, rounds=rounds, baseline=baseline,
                    vectors=SeqRecVectors.load(work_dir / VECTORS),
                    steps_per_epoch=steps_per_epoch,
                    seconds_per_epoch=float(np.median(per_epoch)) if per_epoch else None,
-                   num_windows=num_windows, stopped_reason=stopped_reason,
-                   train_history=history)
+                   num_windows=num_windows, mean_context=data_lib.mean_context(windows),
+                   stopped_reason=stopped_reason, train_history=history)
+
+
+def _final_test(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig, work_dir: Path,
+                best_step: int, seed: int, clusters_of_tokens: np.ndarray | None,
+                training: SeqRecTraining, counts: np.ndarray,
+                val: data_lib.RankingExamples) -> tuple[dict[str, float], dict[str, Any]]:
+  """Test metrics of the best checkpoint, and the most-popular baseline (val and test).
+
+  The only place `fit` reads the test targets: after the rounds are chosen.
+  """
+  test = data_lib.ranking_examples(split, "test", config.max_len)
+  model = restore_best_model(config, work_dir, best_step, seed)
+  scorer = evaluation.model_scorer(model, clusters_of_tokens)
+  model_test = evaluation.evaluate(scorer, test, config.num_items, training.ks,
+                                   training.eval_batch_size)
+  popular = evaluation.popularity_scorer(counts)
+  baseline = {name: evaluation.evaluate(popular, examples, config.num_items, training.ks,
+                                        training.eval_batch_size)
+              for name, examples in (("val", val), ("test", test))}
+  return model_test, baseline
