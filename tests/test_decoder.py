@@ -227,6 +227,32 @@ def test_cache_gather_follows_the_chosen_rows(llama):
   np.testing.assert_allclose(logits[:, 0], expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_rows_over_a_shared_prefix_decode_like_rows_holding_a_copy(family, llama, gemma):
+  """Beams reading their prompt's cache as a prefix equal beams that copied it."""
+  model = llama if family == "llama" else gemma
+  prompts = _tokens((2, 5), seed=10)
+  padding = jnp.asarray([[True] * 5, [True] * 3 + [False] * 2])  # prompt 1 is 3 tokens
+  positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  _, prompt_cache = _decode(model, prompts, model.init_cache(2, 5), positions, padding)
+  beams = 3  # rows 0-2 continue prompt 0, rows 3-5 prompt 1
+  outputs = _tokens((6, 3), seed=11)
+  starts = jnp.repeat(jnp.asarray([5, 3]), beams)[:, None]  # first output position of each row
+  own = model.init_cache(6, 3)
+  copied = prompt_cache.gather(jnp.repeat(jnp.arange(2), beams))
+  copied = dataclasses.replace(copied, keys=tuple(jnp.pad(k, ((0, 0), (0, 3), (0, 0), (0, 0)))
+                                                  for k in copied.keys),
+                               values=tuple(jnp.pad(v, ((0, 0), (0, 3), (0, 0), (0, 0)))
+                                            for v in copied.values),
+                               valid=jnp.pad(copied.valid, ((0, 0), (0, 3))))
+  for step in range(3):
+    token, position = outputs[:, step:step + 1], starts + step
+    shared_logits, own = model.decode(token, own, position, prefix=prompt_cache)
+    copy_logits, copied = _decode(model, token, copied, position)
+    np.testing.assert_allclose(shared_logits, copy_logits, atol=2e-5, rtol=2e-5)
+  assert int(own.index) == 3 and own.keys[0].shape[1] == 3  # the rows hold outputs only
+
+
 # ----------------------------------------------------------------------------
 # Precision, remat, sharding
 

@@ -1,7 +1,11 @@
 """The pieces every trie-constrained decoder shares: cache rows, one model step, the level loop.
 
-A decoder (beam search in `decoding`, sampling in `sampling`) keeps k rows
-per prompt in one KV cache of b * k rows, each row with its trie node. Its
+A decoder (beam search in `decoding`, sampling in `sampling`) encodes each
+prompt once into a prompt cache of b rows and keeps k rows per prompt in a
+cache of b * k rows that holds only their output tokens, each row with its
+trie node; every row attends to its prompt's keys through the shared prefix
+(`Decoder.decode(prefix=...)`), so following the beams copies output slots
+only, never the prompt's. Its
 step function runs once per trie level: the dense levels (and level 0) as
 unrolled steps with their own static level, the CSR levels in one
 `lax.while_loop` (`run_levels`).
@@ -13,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from explore.llm import features
+from explore.llm import scoring
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import KVCache
 from explore.llm.trie import TrieArrays
@@ -35,12 +41,29 @@ def gather_rows(cache: KVCache, parents: jax.Array) -> KVCache:
                  valid=take(cache.valid), index=cache.index)
 
 
+def prefill_rows(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array,
+                 rows_per_prompt: int, num_slots: int, bos_id: int = features.BOS_ID
+                 ) -> tuple[jax.Array, KVCache, KVCache]:
+  """([b, V] first-token log-probs, the [b, P + 1] prompt cache, an empty [b * k, slots] cache).
+
+  The row cache holds output tokens 0 .. num_slots - 1 of k rows per prompt;
+  pass the prompt cache as `decode_tokens`' `prompt`.
+  """
+  first, prompt = scoring.prefill(model, prompts, prompt_lengths, 0, bos_id)
+  rows = model.init_cache(prompts.shape[0] * rows_per_prompt, num_slots, dtype=jnp.float32)
+  return first, prompt, rows
+
+
 def decode_tokens(model: Decoder, cache: KVCache, tokens: jax.Array, prompt_lengths: jax.Array,
-                  step: jax.Array) -> tuple[jax.Array, KVCache]:
-  """Feeds output token `step` of k rows per prompt: [b, k] ids -> ([b, k, V] log-probs, cache)."""
+                  step: jax.Array, prompt: KVCache | None = None) -> tuple[jax.Array, KVCache]:
+  """Feeds output token `step` of k rows per prompt: [b, k] ids -> ([b, k, V] log-probs, cache).
+
+  With `prompt` (from `prefill_rows`) the rows attend to their prompt's cache
+  as a shared prefix and `cache` holds only their output slots.
+  """
   b, k = tokens.shape
   positions = jnp.repeat(prompt_lengths + 1 + step, k)[:, None]  # [b * k, 1]
-  logits, cache = model.decode_step(tokens.reshape(b * k, 1), cache, positions)
+  logits, cache = model.decode_step(tokens.reshape(b * k, 1), cache, positions, prompt)
   return jax.nn.log_softmax(logits[:, 0]).reshape(b, k, -1), cache
 
 

@@ -96,9 +96,11 @@ class DecoderBlock(nnx.Module):
                                param_dtype=config.parameter_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-               cache: tuple[jax.Array, jax.Array, jax.Array] | None = None):
+               cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+               prefix: layers.SharedPrefix | None = None):
     """[B, T, D] -> [B, T, D] and the layer's updated (keys, values) or None."""
-    attended, new_cache = self.attention(self.pre_attention_norm(x), positions, mask, cache)
+    attended, new_cache = self.attention(self.pre_attention_norm(x), positions, mask, cache,
+                                         prefix)
     x = x + attended
     x = x + self.mlp(self.pre_mlp_norm(x))
     return layers.constrain(x, ("batch", "length", "embed")), new_cache
@@ -184,7 +186,8 @@ class Decoder(nnx.Module):
         index=jnp.zeros((), jnp.int32))
 
   def decode(self, tokens: jax.Array, cache: KVCache, positions: jax.Array,
-             padding_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+             padding_mask: jax.Array | None = None, prefix: KVCache | None = None
+             ) -> tuple[jax.Array, KVCache]:
     """Runs T new tokens per row against the cache (prefill when T > 1).
 
     Args:
@@ -193,6 +196,9 @@ class Decoder(nnx.Module):
       positions: [B, T] rotary positions of the new tokens.
       padding_mask: [B, T] True on real tokens (default all); padding slots are
         never attended to later.
+      prefix: a cache of b rows (b divides B; its index is ignored) that rows
+        i * B / b .. (i + 1) * B / b - 1 also attend to, before their own slots:
+        the prompt, encoded once, shared by the beams decoding from it.
     Returns:
       [B, T, V] float32 logits and the updated cache (index advanced by T).
     """
@@ -206,18 +212,20 @@ class Decoder(nnx.Module):
     mask = valid[:, None, :] & (slots[None, :] <= query_slots[:, None])[None]  # [B, T, S]
     x = self.embedder.encode(tokens)  # [B, T, D]
     keys, values = [], []
-    for block, k, v in zip(self.blocks, cache.keys, cache.values):
-      x, (k, v) = block(x, positions, mask, (k, v, cache.index))
+    for layer, (block, k, v) in enumerate(zip(self.blocks, cache.keys, cache.values)):
+      shared = None if prefix is None else layers.SharedPrefix(
+          prefix.keys[layer], prefix.values[layer], prefix.valid)
+      x, (k, v) = block(x, positions, mask, (k, v, cache.index), shared)
       keys.append(k)
       values.append(v)
     new_cache = KVCache(keys=tuple(keys), values=tuple(values), valid=valid,
                         index=cache.index + length)
     return self._logits(x), new_cache
 
-  def decode_step(self, tokens: jax.Array, cache: KVCache, positions: jax.Array
-                  ) -> tuple[jax.Array, KVCache]:
+  def decode_step(self, tokens: jax.Array, cache: KVCache, positions: jax.Array,
+                  prefix: KVCache | None = None) -> tuple[jax.Array, KVCache]:
     """One token per row: [B, 1] ids at [B, 1] positions -> [B, 1, V] logits, cache."""
-    return self.decode(tokens, cache, positions)
+    return self.decode(tokens, cache, positions, prefix=prefix)
 
 
 def build_decoder(config: DecoderConfig, seed: int = 0) -> Decoder:

@@ -1,13 +1,14 @@
 """Trie-constrained beam search: the top clusters the decoder would generate for a prompt.
 
-Every prompt is encoded once into the KV cache (`scoring.prefill`), then k
-beams per prompt advance one token per step, each carrying its trie node.
+Every prompt is encoded once into a prompt cache (`scoring.prefill`), then k
+beams per prompt advance one token per step, each carrying its trie node and
+attending to the prompt's cache as a shared prefix (`decode_steps`).
 Each step the trie gives every beam's allowed next tokens
 (`TrieArrays.candidates`: V on the dense first levels, the level's maximum
 branching below), the b x (k * F) extended scores keep their top 2k, and:
 - a candidate whose token is a leaf's EOS finishes a cluster: it enters the
   prompt's pool of the `top_n` best finished clusters;
-- the best k of the others are the next beams (the cache rows follow them).
+- the best k of the others are the next beams (their output-slot cache rows follow).
 A cluster's score is log P(description + EOS | prompt), the exact scorer's
 summed score (`scoring.CandidateScorer`), or its mean per token with
 `length_normalize`. Every finished cluster is distinct (a leaf has one path).
@@ -34,6 +35,7 @@ from explore.llm.decode_steps import DecodingError
 from explore.llm.decode_steps import check_exclude
 from explore.llm.decode_steps import decode_tokens
 from explore.llm.decode_steps import gather_rows
+from explore.llm.decode_steps import prefill_rows
 from explore.llm.decode_steps import run_levels
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import KVCache
@@ -48,7 +50,7 @@ from explore.llm.trie import TrieArrays
 
 @struct.dataclass
 class _Beams:
-  cache: KVCache  # b * k rows, following the beams
+  cache: KVCache  # b * k rows of output slots, following the beams
   log_probs: jax.Array  # [b, k, V] next-token log-probs of each beam
   nodes: jax.Array  # [b, k] trie node of each beam
   scores: jax.Array  # [b, k] summed log-prob, -inf on empty beams
@@ -104,12 +106,14 @@ def select_beams(scores: jax.Array, cand: Candidates, leaf_cluster: jax.Array | 
 
 
 def _beam_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, beams: _Beams,
-               prompt_lengths: jax.Array, exclusion: Exclusion, length_normalize: bool) -> _Beams:
+               prompt: KVCache, prompt_lengths: jax.Array, exclusion: Exclusion,
+               length_normalize: bool) -> _Beams:
   """Advances every beam by one token at trie `level` (static; `step` is its index)."""
   cache, log_probs = beams.cache, beams.log_probs
   if level > 0:  # feed the tokens the last step chose; level 0 reads the prefill
     cache = gather_rows(cache, beams.parents)
-    log_probs, cache = decode_tokens(model, cache, beams.tokens, prompt_lengths, step - 1)
+    log_probs, cache = decode_tokens(model, cache, beams.tokens, prompt_lengths, step - 1,
+                                     prompt)
   cand = trie.candidates(level, log_probs, beams.nodes, exclusion)  # [b, k, F]
   scale = 1.0 / (step + 1).astype(jnp.float32) if length_normalize else jnp.float32(1.0)
   scores, parents, tokens, nodes, pool_clusters, pool_scores = select_beams(
@@ -131,10 +135,10 @@ def beam_search_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array,
                       ) -> tuple[jax.Array, jax.Array]:
   """([b, top_n] clusters, [b, top_n] scores) of a chunk of prompts; see `beam_search`."""
   b = prompts.shape[0]
-  first, cache = scoring.prefill(model, prompts, prompt_lengths, trie.depth - 1, bos_id)
   k = num_beams
+  first, prompt, cache = prefill_rows(model, prompts, prompt_lengths, k, trie.depth - 1, bos_id)
   beams = _Beams(
-      cache=gather_rows(cache, jnp.zeros((b, k), jnp.int32)),
+      cache=cache,
       log_probs=jnp.broadcast_to(first[:, None], (b, k, first.shape[-1])),
       nodes=jnp.zeros((b, k), jnp.int32),
       scores=jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf) * jnp.ones((b, 1)),  # [b, k]
@@ -142,8 +146,8 @@ def beam_search_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array,
       pool_clusters=jnp.full((b, top_n), -1, jnp.int32),
       pool_scores=jnp.full((b, top_n), -jnp.inf, jnp.float32))
   exclusion = trie.exclusion(exclude)
-  step = lambda level, i, state: _beam_step(model, trie, level, i, state, prompt_lengths,
-                                            exclusion, length_normalize)
+  step = lambda level, i, state: _beam_step(model, trie, level, i, state, prompt,
+                                            prompt_lengths, exclusion, length_normalize)
   stop = _improvable if early_stop and not length_normalize else None
   beams = run_levels(trie, beams, step, stop)
   return beams.pool_clusters, beams.pool_scores
@@ -160,7 +164,7 @@ def full_vocab_beam_search_chunk(model: Decoder, prompts: jax.Array, prompt_leng
   Returns ([b, k, num_steps] int32 token ids, [b, k] summed log-probs), best first.
   """
   b, k = prompts.shape[0], num_beams
-  first, cache = scoring.prefill(model, prompts, prompt_lengths, num_steps - 1, bos_id)
+  first, prompt, cache = prefill_rows(model, prompts, prompt_lengths, k, num_steps - 1, bos_id)
   v = first.shape[-1]
   no_pool = (jnp.zeros((b, 1), jnp.int32), jnp.full((b, 1), -jnp.inf, jnp.float32))
 
@@ -175,12 +179,12 @@ def full_vocab_beam_search_chunk(model: Decoder, prompts: jax.Array, prompt_leng
   def body(step, carry):
     cache, scores, parents, tokens, history = carry
     cache = gather_rows(cache, parents)
-    log_probs, cache = decode_tokens(model, cache, tokens, prompt_lengths, step - 1)
+    log_probs, cache = decode_tokens(model, cache, tokens, prompt_lengths, step - 1, prompt)
     return (cache,) + select(scores, log_probs, history, step)
 
   scores = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf) * jnp.ones((b, 1))  # [b, k]
   history = jnp.zeros((b, k, num_steps), jnp.int32)
-  carry = (gather_rows(cache, jnp.zeros((b, k), jnp.int32)),) + select(
+  carry = (cache,) + select(
       scores, jnp.broadcast_to(first[:, None], (b, k, v)), history, 0)
   _, scores, _, _, history = jax.lax.fori_loop(1, num_steps, body, carry)
   return history, scores

@@ -25,6 +25,7 @@ import math
 from typing import Callable, Collection, Sequence
 
 from flax import nnx
+from flax import struct
 import jax
 import jax.numpy as jnp
 
@@ -195,14 +196,27 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return x * cos + rotated * sin
 
 
+@struct.dataclass
+class SharedPrefix:
+  """One layer's prompt keys and values, shared by groups of decoding rows (see above)."""
+
+  keys: jax.Array  # [b, P, K, H]
+  values: jax.Array  # [b, P, K, H]
+  valid: jax.Array  # [b, P] bool: the slot holds a real token
+
+
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          mask: jax.Array) -> jax.Array:
-  """Grouped-query attention.
+                          mask: jax.Array, prefix: SharedPrefix | None = None) -> jax.Array:
+  """Grouped-query attention, optionally also over a prefix shared by groups of rows.
 
   Args:
     query: [B, T, N, H], already scaled.
     key, value: [B, S, K, H] with N a multiple of K.
     mask: [B, T, S] bool, True where query t may attend to key s.
+    prefix: keys and values [b, P, K, H] that every query of rows
+      i * B / b .. (i + 1) * B / b - 1 also attends to (all P slots precede the
+      rows' own, so only `prefix.valid` masks them): beams of one prompt read
+      the prompt's keys once instead of each holding a copy.
   Returns:
     [B, T, N, H] in the query's dtype.
   """
@@ -211,8 +225,21 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   query = query.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
   scores = jnp.einsum("BTKGH,BSKH->BKGTS", query, key).astype(jnp.float32)
   scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)  # [B, K, G, T, S]
-  probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value)  # [B, T, K, G, H]
+  if prefix is None:
+    probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value)  # [B, T, K, G, H]
+    return out.reshape(batch, length, num_heads, head_dim)
+  rows = prefix.keys.shape[0]  # b
+  grouped = query.reshape((rows, batch // rows) + query.shape[1:])  # [b, g, T, K, G, H]
+  prefix_scores = jnp.einsum("bgTKGH,bPKH->bgKGTP", grouped,
+                             prefix.keys.astype(query.dtype)).astype(jnp.float32)
+  prefix_scores = jnp.where(prefix.valid[:, None, None, None, None, :], prefix_scores, MASK_VALUE)
+  own = scores.reshape((rows, batch // rows) + scores.shape[1:])  # [b, g, K, G, T, S]
+  probs = jax.nn.softmax(jnp.concatenate([prefix_scores, own], -1), axis=-1).astype(value.dtype)
+  width = prefix.keys.shape[1]
+  out = (jnp.einsum("bgKGTP,bPKH->bgTKGH", probs[..., :width], prefix.values.astype(value.dtype))
+         + jnp.einsum("bgKGTS,bgSKH->bgTKGH", probs[..., width:],
+                      value.reshape((rows, batch // rows) + value.shape[1:])))
   return out.reshape(batch, length, num_heads, head_dim)
 
 
@@ -258,7 +285,8 @@ class Attention(nnx.Module):
     return jnp.asarray(self.rope_inv_freq, jnp.float32)  # [H / 2]
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-               cache: tuple[jax.Array, jax.Array, jax.Array] | None = None
+               cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+               prefix: SharedPrefix | None = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Attends [B, T, D] queries to their own keys, or to a KV cache.
 
@@ -269,6 +297,8 @@ class Attention(nnx.Module):
       cache: optional (keys [B, S, K, H], values [B, S, K, H], index int32
         scalar): this call's keys and values are written at slots
         index .. index + T - 1 before attending.
+      prefix: optional keys and values shared by groups of rows, attended
+        before the cache's (see `dot_product_attention`).
     Returns:
       [B, T, D] outputs and the updated (keys, values), or None without a cache.
     """
@@ -286,7 +316,7 @@ class Attention(nnx.Module):
                                            start)
       new_cache = (key, value)
       key, value = key.astype(self.dtype), value.astype(self.dtype)  # [B, S, K, H]
-    out = dot_product_attention(query, key, value, mask)  # [B, T, N, H]
+    out = dot_product_attention(query, key, value, mask, prefix)  # [B, T, N, H]
     return project(self, "out", "BTNH,NHD->BTD", out, self.dtype), new_cache
 
 

@@ -21,7 +21,7 @@ from explore.llm import scoring
 from explore.llm.decode_steps import DecodingError
 from explore.llm.decode_steps import check_exclude
 from explore.llm.decode_steps import decode_tokens
-from explore.llm.decode_steps import gather_rows
+from explore.llm.decode_steps import prefill_rows
 from explore.llm.decode_steps import run_levels
 from explore.llm.decoder import Decoder
 from explore.llm.decoder import KVCache
@@ -32,7 +32,7 @@ from explore.llm.trie import TrieArrays
 
 @struct.dataclass
 class _Samples:
-  cache: KVCache  # b * S rows
+  cache: KVCache  # b * S rows of output slots (the prompt is a shared prefix)
   log_probs: jax.Array  # [b, S, V] next-token log-probs of each sample
   nodes: jax.Array  # [b, S] trie node reached
   tokens: jax.Array  # [b, S] the token to feed next
@@ -42,11 +42,12 @@ class _Samples:
 
 
 def _sample_step(model: Decoder, trie: TrieArrays, level: int, step: jax.Array, s: _Samples,
-                 prompt_lengths: jax.Array, exclusion: Exclusion, temperature: float) -> _Samples:
+                 prompt: KVCache, prompt_lengths: jax.Array, exclusion: Exclusion,
+                 temperature: float) -> _Samples:
   """Draws every unfinished sample's next token among the allowed ones."""
   cache, log_probs = s.cache, s.log_probs
   if level > 0:
-    log_probs, cache = decode_tokens(model, cache, s.tokens, prompt_lengths, step - 1)
+    log_probs, cache = decode_tokens(model, cache, s.tokens, prompt_lengths, step - 1, prompt)
   cand = trie.candidates(level, log_probs, s.nodes, exclusion)  # [b, S, F]
   key, draw = jax.random.split(s.key)
   choice = jax.random.categorical(draw, cand.log_probs / temperature, axis=-1)  # [b, S]
@@ -64,15 +65,15 @@ def sample_chunk(model: Decoder, trie: TrieArrays, prompts: jax.Array, prompt_le
                  bos_id: int = features.BOS_ID) -> tuple[jax.Array, jax.Array]:
   """([b, S] clusters, [b, S] model log-probs) of a chunk of prompts; see `constrained_sample`."""
   b, n = prompts.shape[0], num_samples
-  first, cache = scoring.prefill(model, prompts, prompt_lengths, trie.depth - 1, bos_id)
+  first, prompt, cache = prefill_rows(model, prompts, prompt_lengths, n, trie.depth - 1, bos_id)
   samples = _Samples(
-      cache=gather_rows(cache, jnp.zeros((b, n), jnp.int32)),
+      cache=cache,
       log_probs=jnp.broadcast_to(first[:, None], (b, n, first.shape[-1])),
       nodes=jnp.zeros((b, n), jnp.int32), tokens=jnp.zeros((b, n), jnp.int32),
       totals=jnp.zeros((b, n), jnp.float32), clusters=jnp.full((b, n), -1, jnp.int32), key=key)
   exclusion = trie.exclusion(exclude)
-  step = lambda level, i, state: _sample_step(model, trie, level, i, state, prompt_lengths,
-                                              exclusion, temperature)
+  step = lambda level, i, state: _sample_step(model, trie, level, i, state, prompt,
+                                              prompt_lengths, exclusion, temperature)
   samples = run_levels(trie, samples, step, lambda state: jnp.any(state.clusters < 0))
   return samples.clusters, jnp.where(samples.clusters >= 0, samples.totals, -jnp.inf)
 

@@ -78,18 +78,21 @@ def _score_chunk(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array,
   """[b, M] log P(candidate + EOS | prompt) for a chunk of prompts (see `CandidateScorer`)."""
   b, _ = prompts.shape
   m, t = candidates.shape
-  first, cache = prefill(model, prompts, prompt_lengths, t - 1, bos_id)  # [b, V]
+  first, prompt_cache = prefill(model, prompts, prompt_lengths, 0, bos_id)  # [b, V]
   scores = first[:, candidates[:, 0]]  # [b, M]
   if t > 1:
     rows = jnp.repeat(jnp.arange(b), m)  # [b * M], prompt of each (prompt, candidate) row
-    cache = cache.gather(rows)
+    # The b * M rows hold their candidate's slots only and read their prompt's
+    # keys as a shared prefix: the prompt cache is never copied M times.
+    cache = model.init_cache(b * m, t - 1, dtype=jnp.float32)
     cand_inputs = jnp.tile(candidates[:, :-1], (b, 1))  # [b * M, T - 1]
     cand_targets = jnp.tile(candidates[:, 1:], (b, 1))  # [b * M, T - 1]
     lengths = jnp.tile(candidate_lengths, b)  # [b * M]
     steps = jnp.arange(t - 1)[None, :]  # [1, T - 1]
     weights = steps + 1 < lengths[:, None]  # [b * M, T - 1] on real target tokens
     cand_positions = prompt_lengths[rows][:, None] + 1 + steps  # [b * M, T - 1]
-    logits, _ = model.decode(cand_inputs, cache, cand_positions, padding_mask=weights)
+    logits, _ = model.decode(cand_inputs, cache, cand_positions, padding_mask=weights,
+                             prefix=prompt_cache)
     logp = jax.nn.log_softmax(logits)  # [b * M, T - 1, V]
     token_logp = jnp.take_along_axis(logp, cand_targets[..., None], axis=-1)[..., 0]
     scores = scores + jnp.sum(jnp.where(weights, token_logp, 0.0), axis=1).reshape(b, m)
