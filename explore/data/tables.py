@@ -99,9 +99,12 @@ class RawTable:
     return len(self.record)
 
   def take(self, keep: np.ndarray) -> "RawTable":
-    rows = pa.array(np.flatnonzero(keep))
+    """The rows of a [rows] bool mask, or of an index array in its order."""
+    keep = np.asarray(keep)
+    indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+    rows = pa.array(indices)
     return RawTable(self.path, self.fmt, {k: v.take(rows) for k, v in self.columns.items()},
-                    self.record[keep], self.num_records)
+                    self.record[indices], self.num_records)
 
   def where(self, records: Sequence[int]) -> list[str]:
     """'line N' (text, first line of the record) or 'row N' (Parquet) per record."""
