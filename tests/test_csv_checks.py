@@ -82,6 +82,12 @@ def test_missing_log_text_column_is_named(tmp_path):
     _load(tmp_path, TITLED, log_text_columns=("tags",))
 
 
+def test_missing_rating_column_names_the_setting_to_change(tmp_path):
+  with pytest.raises(MissingColumnError, match=r"no column 'stars' \(the engagement, named by "
+                     r"load_csv_logs.engagement_column\)"):
+    _load(tmp_path, TITLED, engagement_column="stars")
+
+
 def test_items_file_columns_without_an_items_file_point_to_the_log_settings(tmp_path):
   with pytest.raises(ValueError, match="log_title_column"):
     _load(tmp_path, TITLED, title_column="title")

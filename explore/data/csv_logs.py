@@ -12,7 +12,10 @@ missing or non-numeric value, a negative timestamp) and rows whose item is not i
 the items file follow `on_bad_rows`: 'error' (default) raises at the first one,
 naming the file and line; 'skip' drops them, logs a count per reason and records
 it in `LoadReport.skipped`. Timestamps may come in any order: rows are sorted by
-user, then time (ties keep file order).
+user, then time (ties keep file order unless `LogChecks.same_timestamp` says
+otherwise). Duplicate events, ratings out of a declared range and same-timestamp
+baskets follow `LogChecks` (`log_checks`). Item text may come from columns of the
+log itself (`log_item_text`: one text per item), so no items file is needed.
 """
 
 from __future__ import annotations
@@ -213,25 +216,29 @@ def load_csv_logs(
   checks = LogChecks() if checks is None else checks
   fmt = TextFormat(delimiter=delimiter, encoding=encoding, timestamp_format=timestamp_format)
   report = LoadReport(source=str(interactions_path))
-  columns = [Column(user_column, "user id", "id"), Column(item_column, "item id", "id")]
+  setting = "load_csv_logs.{}".format
+  columns = [Column(user_column, "user id", "id", setting("user_column")),
+             Column(item_column, "item id", "id", setting("item_column"))]
   if timestamp_column:
-    columns.append(Column(timestamp_column, "timestamp", "time"))
+    columns.append(Column(timestamp_column, "timestamp", "time", setting("timestamp_column")))
   if engagement_column:
-    columns.append(Column(engagement_column, "engagement", "float"))
+    columns.append(Column(engagement_column, "engagement", "float", setting("engagement_column")))
   log_fields = ([("title", log_title_column, "log_title_column")] if log_title_column else []
                 ) + [(c, c, "log_text_columns") for c in log_text_columns]  # (field, column, setting)
-  for _, name, setting in log_fields:
+  for field, name, named_by in log_fields:
     if name not in [c.name for c in columns]:
-      columns.append(Column(name, f"item text named by load_csv_logs.{setting}", "text"))
+      columns.append(Column(name, f"item {field}", "text", setting(named_by)))
   raw = read_table(interactions_path, columns, fmt, on_bad_rows=on_bad_rows, report=report)
   report.rows_read = raw.num_records
   catalog_ids = title = None
   text = {}
   if items_path is not None:
     items_path = Path(items_path)
-    id_column = Column(items_item_column or item_column, "item id", "id")
-    item_columns = [id_column] + [Column(c, "title", "text") for c in [title_column] if c] + [
-        Column(c, c, "text") for c in text_columns]
+    id_column = Column(items_item_column or item_column, "item id", "id",
+                       setting("items_item_column" if items_item_column else "item_column"))
+    item_columns = [id_column] + [
+        Column(c, "title", "text", setting("title_column")) for c in [title_column] if c] + [
+            Column(c, c, "text", setting("text_columns")) for c in text_columns]
     items = read_table(items_path, item_columns, dataclasses.replace(fmt, multiline=True),
                        on_bad_rows=on_bad_rows, report=report)
     check_unique(items, id_column)
@@ -243,13 +250,13 @@ def load_csv_logs(
     text = {c: items.columns[c] for c in text_columns}
   raw = apply_log_checks(raw, checks, user=user_column, item=item_column,
                          timestamp=timestamp_column, engagement=engagement_column, report=report)
-  for field, name, setting in log_fields if len(raw) else ():
+  for field, name, named_by in log_fields if len(raw) else ():
     log_items, values = log_item_text(raw.columns[item_column], raw.columns[name], raw.record)
     if catalog_ids is None:
       catalog_ids = log_items
     else:  # items-file entries the log does not mention get ""
       values = pc.fill_null(values.take(pc.index_in(catalog_ids, value_set=log_items)), "")
-    if setting == "log_title_column":
+    if named_by == "log_title_column":
       title = _titled(catalog_ids, values)
     else:
       text[field] = values

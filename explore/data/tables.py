@@ -71,6 +71,7 @@ class Column:
   name: str
   role: str  # for messages: "user id", "rating", ...
   kind: str
+  setting: str | None = None  # the gin setting that names the column, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,8 +193,9 @@ def _header(path: Path, fmt: TextFormat) -> list[str]:
 def _check_columns(path: Path, found: Sequence[str], columns: Sequence[Column]) -> None:
   for column in columns:
     if column.name not in found:
-      raise MissingColumnError(
-          f"{path}: no column {column.name!r} (the {column.role}); columns found: {list(found)}")
+      named_by = f", named by {column.setting}" if column.setting else ""
+      raise MissingColumnError(f"{path}: no column {column.name!r} (the {column.role}{named_by}); "
+                               f"columns found: {list(found)}")
 
 
 def _parse_text(path: Path, fmt: TextFormat, columns: Sequence[Column], typed: bool
