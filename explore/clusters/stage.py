@@ -6,7 +6,8 @@ Writes into the stage folder:
   descriptions/   `ClusterDescriptions` of the exploration level
 and reports, per level, balance (max/min size), coherence against a random
 balanced assignment, and, on the synthetic platform, adjusted mutual information
-with the ground-truth topics at the level of matching size.
+with the ground-truth topics at the level of matching size. Data too small for
+the configured tree (`check_data_fits`) stop the stage before any work.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def check_data_fits(interactions) -> None:
         f"clusters: the data has {items} items, fewer than the clusters of "
         f"build_cluster_tree.levels = {levels} ({'; '.join(too_many)}). Lower "
         f"build_cluster_tree.levels (NUM_CLUSTERS in the shipped run files) so the finest level "
-        f"has at most {items} clusters (tens of items per cluster cluster well), or load more data")
+        f"has at most {items} clusters (clusters of tens of items work best), or load more data")
   dim = _configured(embeddings_lib.co_engagement_embeddings, "dim")
   if isinstance(dim, int) and dim >= items:
     raise DataTooSmallError(
