@@ -233,3 +233,12 @@ def test_first_of_group():
   user = np.array([1, 0, 1, 1, 0])
   time = np.array([5, 5, 5, 6, 5])
   assert list(first_of_group(user, time)) == [0, 1, 0, 3, 1]
+
+
+@pytest.mark.parametrize("span", [3, 10**17])  # 10**17: keys too wide to combine as they are
+def test_first_of_group_matches_a_dictionary(span):
+  rng = np.random.default_rng(0)
+  keys = [rng.choice(rng.integers(-span, span, 4), 500) for _ in range(3)]
+  seen = {}
+  expected = [seen.setdefault(key, row) for row, key in enumerate(zip(*keys))]
+  assert list(first_of_group(*keys)) == expected
