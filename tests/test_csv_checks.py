@@ -242,3 +242,18 @@ def test_first_of_group_matches_a_dictionary(span):
   seen = {}
   expected = [seen.setdefault(key, row) for row, key in enumerate(zip(*keys))]
   assert list(first_of_group(*keys)) == expected
+
+
+def test_parquet_log_with_title_column_and_checks(tmp_path):
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "log.parquet"
+  pq.write_table(pa.table({"user": ["u1", "u1", "u1", "u2"], "item": [2, 1, 1, 1],
+                           "ts": [5, 5, 5, 1], "rating": [5.0, 4.0, 4.0, 9.0],
+                           "title": ["Two", "One", "one", "One"]}), path)
+  result = load_csv_logs(path, **COLUMNS, log_title_column="title",
+                         checks=LogChecks(on_duplicates="skip", rating_range=(1, 5),
+                                          on_out_of_range="clip", same_timestamp="item"))
+  assert _events(result) == [("u1", "1", 5, 4.0), ("u1", "2", 5, 5.0), ("u2", "1", 1, 5.0)]
+  assert list(result.catalog.title) == ["One", "Two"]
+  assert result.report.checks["duplicate_rows"] == 1 and result.report.checks["baskets"] == 1
