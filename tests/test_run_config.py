@@ -15,10 +15,11 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.mark.parametrize("gin_files", [["quickstart.gin", "tpu/v4-8.gin"], ["movielens.gin"],
-                                       ["llm/import_quickstart.gin"]])
+                                       ["csv.gin"], ["llm/import_quickstart.gin"]])
 def test_stage_config_text_reproduces_every_stage_config(gin_files):
   gin_config.parse_gin(gin_files, ["RUN_DIR = '/tmp/x'", "MOVIELENS_DIR = '/tmp/ml'",
-                                    "PRETRAINED_CHECKPOINT = '/tmp/ckpt'"])
+                                    "PRETRAINED_CHECKPOINT = '/tmp/ckpt'",
+                                    "CSV_LOGS = '/tmp/logs.csv'"])
   registered = stages.registered_stages().values()
   before = {s.name: stages.stage_config(s, 0) for s in registered}
   texts = [gin_config.configurables_config_str(main.RUN_LEVEL_CONFIGURABLES)]

@@ -6,12 +6,14 @@ Writes into the stage folder:
   descriptions/   `ClusterDescriptions` of the exploration level
 and reports, per level, balance (max/min size), coherence against a random
 balanced assignment, and, on the synthetic platform, adjusted mutual information
-with the ground-truth topics at the level of matching size.
+with the ground-truth topics at the level of matching size. Data too small for
+the configured tree (`check_data_fits`) stop the stage before any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,46 @@ DESCRIPTIONS = "descriptions"
 
 class ExplorationLevelError(ValueError):
   """An exploration level the cluster tree does not have."""
+
+
+class DataTooSmallError(ValueError):
+  """Fewer items (or positive events) than the configured clusters and embeddings need."""
+
+
+def _configured(fn, name: str):
+  """The value gin binds for `fn`'s parameter `name`, or the parameter's default."""
+  bound = gin.get_bindings(fn)
+  if name in bound:
+    return bound[name]
+  return inspect.signature(fn).parameters[name].default
+
+
+def check_data_fits(interactions) -> None:
+  """Raises DataTooSmallError, before any work, when the data cannot fill the configured tree.
+
+  Every level of `build_cluster_tree.levels` needs at least one item per
+  cluster, the embeddings need more items than `co_engagement_embeddings.dim`,
+  and both need positive events.
+  """
+  items = interactions.num_items
+  levels = tuple(_configured(tree_lib.build_cluster_tree, "levels"))
+  too_many = [f"level {i}: {k} clusters" for i, k in enumerate(levels) if k > items]
+  if too_many:
+    raise DataTooSmallError(
+        f"clusters: the data has {items} items, fewer than the clusters of "
+        f"build_cluster_tree.levels = {levels} ({'; '.join(too_many)}). Lower "
+        f"build_cluster_tree.levels (NUM_CLUSTERS in the shipped run files) so the finest level "
+        f"has at most {items} clusters (clusters of tens of items work best), or load more data")
+  dim = _configured(embeddings_lib.co_engagement_embeddings, "dim")
+  if isinstance(dim, int) and dim >= items:
+    raise DataTooSmallError(
+        f"clusters: the data has {items} items, but co_engagement_embeddings.dim = {dim} needs "
+        f"more items than dimensions; set co_engagement_embeddings.dim below {items}")
+  positives_only = _configured(embeddings_lib.co_engagement_embeddings, "positives_only")
+  if positives_only and len(interactions) and not interactions.positive.any():
+    raise DataTooSmallError(
+        f"clusters: none of the {len(interactions)} interactions is positive, so there is no "
+        "co-engagement to cluster; lower positive_rule.threshold (or check the rating column)")
 
 
 @gin.configurable
@@ -89,6 +131,7 @@ def clusters_stage(ctx: stages.StageContext) -> dict[str, Any]:
   data_path = ctx.input_path("data")
   interactions = data_stage.load_interactions(data_path)
   catalog = data_stage.load_catalog(data_path)
+  check_data_fits(interactions)
   with progress.phase(f"clusters: co-engagement embeddings of {interactions.num_items} items"):
     embeddings = embeddings_lib.co_engagement_embeddings(interactions)
   embeddings.save(ctx.path / EMBEDDINGS)

@@ -12,20 +12,24 @@ missing or non-numeric value, a negative timestamp) and rows whose item is not i
 the items file follow `on_bad_rows`: 'error' (default) raises at the first one,
 naming the file and line; 'skip' drops them, logs a count per reason and records
 it in `LoadReport.skipped`. Timestamps may come in any order: rows are sorted by
-user, then time (ties keep file order).
+user, then time (ties keep file order unless `LogChecks.same_timestamp` says
+otherwise). Duplicate events, ratings out of a declared range and same-timestamp
+baskets follow `LogChecks` (`log_checks`). Item text may come from columns of the
+log itself (`log_item_text`: one text per item), so no items file is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import gin
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from explore.data.log_checks import LogChecks, apply_log_checks
 from explore.data.positive import positive_rule
 from explore.data.schema import Interactions, ItemCatalog
 from explore.data.tables import (Column, EmptyFileError, TextFormat, check_on_bad_rows,
@@ -41,6 +45,7 @@ class LoadReport:
   rows_kept: int = 0
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # "file: reason" -> rows
   unrated_items_dropped: int = 0  # items-file entries without a kept interaction
+  checks: dict[str, Any] = dataclasses.field(default_factory=dict)  # log_checks counts, policies
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -112,6 +117,58 @@ def build_dataset(user: pa.Array, item: pa.Array, timestamp: pa.Array, engagemen
   return interactions, catalog
 
 
+def log_item_text(item: pa.Array, values: pa.Array, record: np.ndarray
+                  ) -> tuple[pa.Array, pa.Array]:
+  """One text per item from a column of the log itself.
+
+  The rule: an item's text is its most frequent non-empty value (surrounding
+  whitespace removed); ties go to the value that appears first in the file
+  (lowest `record`); an item whose values are all empty gets "".
+
+  Args:
+    item: [rows] item ids.
+    values: [rows] strings ("" where the file has none).
+    record: [rows] data-record index of each row in the file (file order).
+
+  Returns:
+    The distinct item ids (sorted) and their texts.
+  """
+  table = pa.table({"item": item, "text": pc.utf8_trim_whitespace(values),
+                    "record": pa.array(record, pa.int64())})
+  counted = table.filter(pc.not_equal(table["text"], "")).group_by(["item", "text"]).aggregate(
+      [("record", "count"), ("record", "min")]).sort_by(
+          [("item", "ascending"), ("record_count", "descending"), ("record_min", "ascending")])
+  ranked = counted["item"].combine_chunks() if counted.num_rows else pa.array([], item.type)
+  best = np.ones(len(ranked), bool)  # [groups] the first (best) group of each item
+  if len(ranked) > 1:
+    best[1:] = pc.not_equal(ranked[1:], ranked[:-1]).to_numpy(zero_copy_only=False)
+  chosen = counted.filter(pa.array(best))
+  items = _sorted_unique(item)
+  rows = pc.index_in(items, value_set=chosen["item"].combine_chunks())
+  return items, pc.fill_null(chosen["text"].combine_chunks().take(rows), "")
+
+
+def _titled(ids: pa.Array, title: pa.Array) -> pa.Array:
+  """Titles, with the item id where an item has none."""
+  return pc.if_else(pc.equal(title, ""), pc.cast(ids, pa.string()), title)
+
+
+def _check_text_mapping(items_path, title_column, text_columns, log_title_column,
+                        log_text_columns) -> None:
+  if items_path is None and (title_column or text_columns):
+    raise ValueError(
+        "load_csv_logs: title_column / text_columns name columns of the items file, but "
+        "items_path is None; for columns of the log itself use log_title_column / "
+        "log_text_columns")
+  if title_column and log_title_column:
+    raise ValueError(f"load_csv_logs: set title_column ({title_column!r}, items file) or "
+                     f"log_title_column ({log_title_column!r}, the log), not both")
+  both = sorted(set(text_columns) & set(log_text_columns))
+  if both:
+    raise ValueError(f"load_csv_logs: text field(s) {both} are in both text_columns (items file) "
+                     "and log_text_columns (the log); each catalog text field comes from one")
+
+
 @gin.configurable
 def load_csv_logs(
     interactions_path: str | Path,
@@ -128,6 +185,9 @@ def load_csv_logs(
     items_item_column: str | None = None,
     keep_unrated_items: bool = False,
     on_bad_rows: str = "error",
+    log_title_column: str | None = None,
+    log_text_columns: Sequence[str] = (),
+    checks: LogChecks | None = None,
 ) -> LoadResult:
   """Loads an interaction log (CSV, or Parquet by extension) and an optional items file.
 
@@ -146,24 +206,39 @@ def load_csv_logs(
     items_item_column: the item id column of the items file (default: item_column).
     keep_unrated_items: keep items-file entries that no interaction mentions.
     on_bad_rows: 'error' or 'skip' (see the module docstring).
+    log_title_column, log_text_columns: columns of the log itself that hold item
+      text, one text per item by the rule of `log_item_text`; no items file needed.
+    checks: duplicate / rating-range / same-timestamp policies (default: `LogChecks()`
+      as bound in gin; see `log_checks`).
   """
   check_on_bad_rows(on_bad_rows)
+  _check_text_mapping(items_path, title_column, text_columns, log_title_column, log_text_columns)
+  checks = LogChecks() if checks is None else checks
   fmt = TextFormat(delimiter=delimiter, encoding=encoding, timestamp_format=timestamp_format)
   report = LoadReport(source=str(interactions_path))
-  columns = [Column(user_column, "user id", "id"), Column(item_column, "item id", "id")]
+  setting = "load_csv_logs.{}".format
+  columns = [Column(user_column, "user id", "id", setting("user_column")),
+             Column(item_column, "item id", "id", setting("item_column"))]
   if timestamp_column:
-    columns.append(Column(timestamp_column, "timestamp", "time"))
+    columns.append(Column(timestamp_column, "timestamp", "time", setting("timestamp_column")))
   if engagement_column:
-    columns.append(Column(engagement_column, "engagement", "float"))
+    columns.append(Column(engagement_column, "engagement", "float", setting("engagement_column")))
+  log_fields = ([("title", log_title_column, "log_title_column")] if log_title_column else []
+                ) + [(c, c, "log_text_columns") for c in log_text_columns]  # (field, column, setting)
+  for field, name, named_by in log_fields:
+    if name not in [c.name for c in columns]:
+      columns.append(Column(name, f"item {field}", "text", setting(named_by)))
   raw = read_table(interactions_path, columns, fmt, on_bad_rows=on_bad_rows, report=report)
   report.rows_read = raw.num_records
   catalog_ids = title = None
   text = {}
   if items_path is not None:
     items_path = Path(items_path)
-    id_column = Column(items_item_column or item_column, "item id", "id")
-    item_columns = [id_column] + [Column(c, "title", "text") for c in [title_column] if c] + [
-        Column(c, c, "text") for c in text_columns]
+    id_column = Column(items_item_column or item_column, "item id", "id",
+                       setting("items_item_column" if items_item_column else "item_column"))
+    item_columns = [id_column] + [
+        Column(c, "title", "text", setting("title_column")) for c in [title_column] if c] + [
+            Column(c, c, "text", setting("text_columns")) for c in text_columns]
     items = read_table(items_path, item_columns, dataclasses.replace(fmt, multiline=True),
                        on_bad_rows=on_bad_rows, report=report)
     check_unique(items, id_column)
@@ -173,6 +248,18 @@ def load_csv_logs(
     raw = drop_unknown_items(raw, item_column, catalog_ids, items_path, on_bad_rows, report)
     title = items.columns[title_column] if title_column else None
     text = {c: items.columns[c] for c in text_columns}
+  raw = apply_log_checks(raw, checks, user=user_column, item=item_column,
+                         timestamp=timestamp_column, engagement=engagement_column, report=report)
+  for field, name, named_by in log_fields if len(raw) else ():
+    log_items, values = log_item_text(raw.columns[item_column], raw.columns[name], raw.record)
+    if catalog_ids is None:
+      catalog_ids = log_items
+    else:  # items-file entries the log does not mention get ""
+      values = pc.fill_null(values.take(pc.index_in(catalog_ids, value_set=log_items)), "")
+    if named_by == "log_title_column":
+      title = _titled(catalog_ids, values)
+    else:
+      text[field] = values
   if engagement_column:
     engagement = raw.columns[engagement_column].to_numpy()
     positive = positive_rule(engagement)

@@ -37,7 +37,8 @@ def data_source(kind: str = "synthetic") -> str:
   """Which logs the run uses: the synthetic platform, MovieLens, or generic CSV/Parquet.
 
   The loaders take their own settings from gin: `SyntheticConfig.*`,
-  `load_movielens.path`, `load_csv_logs.interactions_path` and so on.
+  `load_movielens.path`, `load_csv_logs.interactions_path`, `LogChecks.*` and so on
+  (configs/csv.gin maps a generic CSV's columns).
   """
   if kind not in SOURCES:
     raise DataSourceError(f"data_source.kind must be one of {SOURCES}, got {kind!r}")
@@ -74,7 +75,7 @@ def summarize(interactions: Interactions, catalog: ItemCatalog) -> dict[str, Any
 @stages.register_stage(
     "data",
     configurables=("data_source", "SyntheticConfig", "load_movielens", "load_csv_logs",
-                   "positive_rule"))
+                   "LogChecks", "positive_rule"))
 def data_stage(ctx: stages.StageContext) -> dict[str, Any]:
   """Loads or generates the interaction logs and the item catalog."""
   kind = data_source()

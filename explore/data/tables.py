@@ -71,6 +71,7 @@ class Column:
   name: str
   role: str  # for messages: "user id", "rating", ...
   kind: str
+  setting: str | None = None  # the gin setting that names the column, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +100,12 @@ class RawTable:
     return len(self.record)
 
   def take(self, keep: np.ndarray) -> "RawTable":
-    rows = pa.array(np.flatnonzero(keep))
+    """The rows of a [rows] bool mask, or of an index array in its order."""
+    keep = np.asarray(keep)
+    indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+    rows = pa.array(indices)
     return RawTable(self.path, self.fmt, {k: v.take(rows) for k, v in self.columns.items()},
-                    self.record[keep], self.num_records)
+                    self.record[indices], self.num_records)
 
   def where(self, records: Sequence[int]) -> list[str]:
     """'line N' (text, first line of the record) or 'row N' (Parquet) per record."""
@@ -189,8 +193,9 @@ def _header(path: Path, fmt: TextFormat) -> list[str]:
 def _check_columns(path: Path, found: Sequence[str], columns: Sequence[Column]) -> None:
   for column in columns:
     if column.name not in found:
-      raise MissingColumnError(
-          f"{path}: no column {column.name!r} (the {column.role}); columns found: {list(found)}")
+      named_by = f", named by {column.setting}" if column.setting else ""
+      raise MissingColumnError(f"{path}: no column {column.name!r} (the {column.role}{named_by}); "
+                               f"columns found: {list(found)}")
 
 
 def _parse_text(path: Path, fmt: TextFormat, columns: Sequence[Column], typed: bool
