@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import gin
 
+from explore import export_cli  # export and its flags
 from explore import gin_config
 from explore.serving import cli as serving_cli  # recommend / serve and their flags
 
@@ -111,6 +112,7 @@ COMMANDS: dict[str, str] = {
     "help": "help STAGE: a stage's description and its gin configurables with their defaults",
     "recommend": "recommend --user=ID | --items=A,B,..: one user's exploration and regular slates",
     "serve": "serve --port=N: the recommend API over HTTP (JSON) with a page (extra `serve`)",
+    "export": "export --format=hf --out=DIR: the llm stage's decoder as a Hugging Face folder",
     "STAGE ...": "the named stages, after the stages they need that are not complete",
 }
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
@@ -208,6 +210,8 @@ def run_command(command: Sequence[str]) -> int:
   gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   if command[0] in serving_cli.COMMANDS:
     return serving_cli.run_command(command, None if FLAGS.run_dir else RunConfig().run_dir)
+  if command[0] in export_cli.COMMANDS:
+    return export_cli.run_command(command, None if FLAGS.run_dir else RunConfig().run_dir)
   config = RunConfig()
   targets = list(command)
   if targets == ["run"]:

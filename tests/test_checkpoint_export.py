@@ -149,3 +149,64 @@ def test_existing_non_empty_out_is_refused_and_kept(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   assert (ce.export_planner(planner, empty) / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------
+# The command line: explore export --format=hf --out=DIR
+
+
+def _explore(*args):
+  from test_cli import explore  # pylint: disable=g-import-not-at-top
+  return explore(*args)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format=onnx"], "explore export: unknown --format='onnx'; known: ['hf']"),
+    ([], "explore export needs --format (one of ['hf'])"),
+    (["--format=hf", "--out="], "explore export needs --out=DIR (a new or empty folder)"),
+])
+def test_cli_bad_flags_are_one_line_errors(tmp_path, args, message):
+  result = _explore("export", f"--run_dir={tmp_path}", f"--out={tmp_path / 'out'}", *args)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == f"explore: error: {message}"
+
+
+def test_cli_refuses_a_non_empty_out_and_a_run_without_llm_stage(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep.txt").write_text("x")
+  result = _explore("export", "--format=hf", f"--out={out}", f"--run_dir={tmp_path / 'run'}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"explore: error: --out={out}: exists and is not empty; export into a new or empty folder"
+      " (nothing was written)")
+  result = _explore("export", "--format=hf", f"--out={tmp_path / 'new'}",
+                    f"--run_dir={tmp_path / 'run'}")
+  assert result.returncode == 1
+  assert (f"explore: error: explore export: {tmp_path / 'run'} has no complete llm stage"
+          " (state: missing)") in result.stderr
+  assert not (tmp_path / "new").exists()
+
+
+def test_cli_exports_the_llm_stage_planner(hf, tmp_path, clean_gin):
+  from explore import gin_config
+  from explore import rundir
+  from explore import stages
+  from explore.llm import stage as llm_stage
+  from test_llm_stage import TINY
+
+  run = tmp_path / "run"
+  gin_config.parse_gin(["quickstart.gin"], [f"RUN_DIR = '{run}'", *TINY,
+                                            "TrainerConfig.train_steps = 10",
+                                            "TrainerConfig.checkpoint_every = 10",
+                                            "LlmStageOptions.max_eval_examples = 20"])
+  stages.run_stages(["llm"], rundir.RunDir(run), seed=0)
+  result = _explore("export", "--format=hf", f"--out={tmp_path / 'hf'}", f"--run_dir={run}")
+  assert result.returncode == 0, result.stderr
+  assert "exported the llm stage's decoder (llama" in result.stdout
+  planner = llm_stage.load_planner(run / "llm")
+  tokens = _sequences(planner)
+  reference = hf_parity.load_hf_folder(hf, tmp_path / "hf")
+  hf_parity.assert_logits_match(hf_parity.our_logits(planner.model, tokens),
+                                hf_parity.hf_logits(hf, reference, tokens))
+  _check_tokenizer(hf, planner, tmp_path / "hf")
