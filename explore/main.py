@@ -26,6 +26,7 @@ import gin
 
 from explore import export_cli  # export and its flags
 from explore import gin_config
+from explore import logs
 from explore.serving import cli as serving_cli  # recommend / serve and their flags
 
 FLAGS = flags.FLAGS
@@ -195,6 +196,7 @@ def run_command(command: Sequence[str]) -> int:
   from explore import stages  # pylint: disable=g-import-not-at-top
   from explore import rundir  # pylint: disable=g-import-not-at-top
 
+  logs.quiet_third_party(FLAGS.verbosity)  # third-party INFO lines only with --verbosity>=1
   if not command:
     raise gin_config.ConfigError("missing command: explore {run,status,<stage>...} "
                                  "(see explore --help)")
@@ -252,6 +254,9 @@ def run_command(command: Sequence[str]) -> int:
     print(f"== {name}: {verb}")
     if action != "skip" and is_chief:
       print(stages.format_summary(run_dir.manifest(name).summary))
+  if is_chief:  # times, headline numbers, what to run next
+    from explore import run_summary  # pylint: disable=g-import-not-at-top
+    print(run_summary.format_run_summary(run_dir, done, list(COMMANDS)))
   return 0
 
 
