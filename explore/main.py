@@ -121,7 +121,8 @@ _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
 MAIN_FLAGS = ("gin_file", "gin_bindings", "gin_search_paths", "cpu_devices", "force", "verify",
               "dry_run", "traceback", "verbosity")
 _FLAG_HELP_OVERRIDES = {
-    "verbosity": "Logging verbosity: 0 info (the default), 1 debug, -1 warning."}
+    "verbosity": "Logging verbosity: 0 info (the default; third-party libraries only warn), "
+                 "1 debug (every library's info too), -1 warning."}
 
 
 def _first_line(text: str) -> str:
