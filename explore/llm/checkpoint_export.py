@@ -1,5 +1,10 @@
 """Exports a `Decoder` as a Hugging Face Llama/Gemma checkpoint folder (the import's inverse).
 
+`export_planner` (what `explore export --format=hf` runs) writes a trained
+planner: LoRA merged, config.json with its token ids, float32 weights and the
+tokenizer files `transformers.AutoTokenizer` reads (`export_tokenizer`).
+`export_decoder` writes config.json and the weights only.
+
 The `pretrain` stage writes its model this way, so the `llm` stage fine-tunes
 it through the same code path as an imported Llama/Gemma release
 (`explore.llm.pretrained`): config.json, model.safetensors (float32, HF names
