@@ -24,7 +24,9 @@ from absl import flags
 from absl import logging
 import gin
 
+from explore import export_cli  # export and its flags
 from explore import gin_config
+from explore import logs
 from explore.serving import cli as serving_cli  # recommend / serve and their flags
 
 FLAGS = flags.FLAGS
@@ -111,6 +113,7 @@ COMMANDS: dict[str, str] = {
     "help": "help STAGE: a stage's description and its gin configurables with their defaults",
     "recommend": "recommend --user=ID | --items=A,B,..: one user's exploration and regular slates",
     "serve": "serve --port=N: the recommend API over HTTP (JSON) with a page (extra `serve`)",
+    "export": "export --format=hf --out=DIR: the llm stage's decoder as a Hugging Face folder",
     "STAGE ...": "the named stages, after the stages they need that are not complete",
 }
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
@@ -118,7 +121,8 @@ _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
 MAIN_FLAGS = ("gin_file", "gin_bindings", "gin_search_paths", "cpu_devices", "force", "verify",
               "dry_run", "traceback", "verbosity")
 _FLAG_HELP_OVERRIDES = {
-    "verbosity": "Logging verbosity: 0 info (the default), 1 debug, -1 warning."}
+    "verbosity": "Logging verbosity: 0 info (the default; third-party libraries only warn), "
+                 "1 debug (every library's info too), -1 warning."}
 
 
 def _first_line(text: str) -> str:
@@ -193,6 +197,7 @@ def run_command(command: Sequence[str]) -> int:
   from explore import stages  # pylint: disable=g-import-not-at-top
   from explore import rundir  # pylint: disable=g-import-not-at-top
 
+  logs.quiet_third_party(FLAGS.verbosity)  # third-party INFO lines only with --verbosity>=1
   if not command:
     raise gin_config.ConfigError("missing command: explore {run,status,<stage>...} "
                                  "(see explore --help)")
@@ -208,6 +213,8 @@ def run_command(command: Sequence[str]) -> int:
   gin_config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   if command[0] in serving_cli.COMMANDS:
     return serving_cli.run_command(command, None if FLAGS.run_dir else RunConfig().run_dir)
+  if command[0] in export_cli.COMMANDS:
+    return export_cli.run_command(command, None if FLAGS.run_dir else RunConfig().run_dir)
   config = RunConfig()
   targets = list(command)
   if targets == ["run"]:
@@ -248,6 +255,9 @@ def run_command(command: Sequence[str]) -> int:
     print(f"== {name}: {verb}")
     if action != "skip" and is_chief:
       print(stages.format_summary(run_dir.manifest(name).summary))
+  if is_chief:  # times, headline numbers, what to run next
+    from explore import run_summary  # pylint: disable=g-import-not-at-top
+    print(run_summary.format_run_summary(run_dir, done, list(COMMANDS)))
   return 0
 
 

@@ -26,16 +26,13 @@ from explore.llm.safetensors_reader import INDEX_FILE, SINGLE_FILE, SafetensorsR
 from explore.llm.decoder import build_decoder
 from explore.llm.decoder_config import DecoderConfig
 
-VOCAB, LENGTH = 128, 16
+from hf_parity import VOCAB
+from hf_parity import hf  # noqa: F401  (the fixture)
+import hf_parity
+
 TINY_LLAMA = DecoderConfig(family="llama", vocab_size=VOCAB, d_model=64, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
 TINY_GEMMA = dataclasses.replace(TINY_LLAMA, family="gemma")
-TOKENS = np.random.RandomState(0).randint(0, VOCAB, (2, LENGTH))
-
-
-@nnx.jit
-def _forward(model, tokens):
-  return model(tokens)
 
 
 # ----------------------------------------------------------------------------
@@ -259,36 +256,6 @@ def test_imported_weights_seed_the_trainer(tmp_path):
 # Parity with the reference implementation (transformers, torch on CPU)
 
 
-@pytest.fixture(scope="module")
-def hf():
-  torch = pytest.importorskip("torch", reason="parity tests need torch (pip install torch==2.13.0)")
-  transformers = pytest.importorskip(
-      "transformers", reason="parity tests need transformers (pip install transformers)")
-  torch.manual_seed(0)
-  return torch, transformers
-
-
-def _hf_model(hf, family: str, **config_kwargs):
-  torch, transformers = hf
-  kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, **config_kwargs)
-  if family == "llama":
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
-  else:
-    model = transformers.GemmaForCausalLM(transformers.GemmaConfig(**kwargs))
-  with torch.no_grad():  # HF initialises norms at the identity; make them matter
-    for name, param in model.named_parameters():
-      if "norm" in name:
-        param.add_(0.2 * torch.randn_like(param))
-  return model.eval()
-
-
-def _hf_logits(hf, model) -> np.ndarray:
-  torch, _ = hf
-  with torch.no_grad():
-    return model(torch.tensor(TOKENS)).logits.float().numpy()
-
-
 @pytest.mark.parametrize("family, kwargs", [
     ("llama", {}),
     ("llama", dict(tie_word_embeddings=True, rope_parameters=dict(
@@ -297,16 +264,16 @@ def _hf_logits(hf, model) -> np.ndarray:
     ("gemma", {}),
 ], ids=["llama", "llama3-rope-tied", "gemma"])
 def test_logits_match_transformers(hf, tmp_path, family, kwargs):
-  reference = _hf_model(hf, family, **kwargs)
+  reference = hf_parity.hf_model(hf, family, **kwargs)
   reference.save_pretrained(tmp_path, safe_serialization=True)
   imported = ci.import_hf_checkpoint(tmp_path)
   assert imported.config.family == family
-  logits = np.asarray(_forward(imported.model, jnp.asarray(TOKENS)))
-  np.testing.assert_array_less(np.abs(logits - _hf_logits(hf, reference)), 1e-4)
+  hf_parity.assert_logits_match(hf_parity.our_logits(imported.model),
+                                hf_parity.hf_logits(hf, reference))
 
 
 def test_bfloat16_sharded_save_imports_exact_weights(hf, tmp_path):
-  reference = _hf_model(hf, "gemma").to(hf[0].bfloat16)
+  reference = hf_parity.hf_model(hf, "gemma").to(hf[0].bfloat16)
   reference.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="50KB")
   assert (tmp_path / INDEX_FILE).exists()
   imported = ci.import_hf_checkpoint(tmp_path)

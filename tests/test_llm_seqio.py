@@ -201,3 +201,47 @@ def test_loss_weight_weighting_is_refused(source_dir, vocabulary):
   with pytest.raises(TaskSourceError, match="weighting='loss_weight'"):
     seqio_tasks.register_novel_interest_tasks(source_dir, vocabulary, name="broken_sft",
                                               weighting="loss_weight")
+
+
+# ----------------------------------------------------------------------------
+# explore.llm.t5x_tasks: MIXTURE_OR_TASK_MODULE for T5X
+
+
+def _import_t5x_tasks():
+  import importlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.modules.pop("explore.llm.t5x_tasks", None)
+  return importlib.import_module("explore.llm.t5x_tasks")  # what T5X does with the module name
+
+
+def test_t5x_task_module_registers_the_run_dirs_tasks_on_import(tmp_path, monkeypatch,
+                                                                source_dir, tokenizer):
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  shutil.copytree(source_dir, run / "transitions" / "task_source")
+  (run / "llm" / "tokenizer").mkdir(parents=True)
+  shutil.copyfile(tokenizer.model_path, run / "llm" / "tokenizer" / "spm.model")
+  monkeypatch.setenv("EXPLORE_RUN_DIR", str(run))
+  monkeypatch.setenv("EXPLORE_TASK_NAME", "t5x_sft")
+  module = _import_t5x_tasks()
+  assert module.TASK.name == "t5x_sft"
+  examples = list(seqio.get_mixture_or_task("t5x_sft_mixture").get_dataset(
+      LENGTHS, split="test", shuffle=False, num_epochs=1).as_numpy_iterator())
+  prompt = format_history_prompt([DESCRIPTIONS[3], DESCRIPTIONS[4]])
+  assert [e["inputs"].tolist() for e in examples] == [tokenizer.encode(prompt, add_eos=True)]
+  assert [e["targets"].tolist() for e in examples] == [
+      tokenizer.encode(DESCRIPTIONS[1], add_eos=True)]
+
+
+def test_t5x_task_module_names_what_is_missing(tmp_path, monkeypatch):
+  monkeypatch.delenv("EXPLORE_RUN_DIR", raising=False)
+  with pytest.raises(ValueError, match="set EXPLORE_RUN_DIR to the run directory"):
+    _import_t5x_tasks()
+  monkeypatch.setenv("EXPLORE_RUN_DIR", str(tmp_path))
+  with pytest.raises(ValueError, match=r"transitions/task_source does not exist; run the"
+                     " transitions stage"):
+    _import_t5x_tasks()
+  (tmp_path / "transitions" / "task_source").mkdir(parents=True)
+  with pytest.raises(ValueError, match="EXPLORE_VOCABULARY is not set and .*llm/tokenizer does"
+                     " not exist"):
+    _import_t5x_tasks()

@@ -156,7 +156,8 @@ def test_train_again_with_a_larger_train_steps_continues_without_recompiling(tmp
   first = trainer.train(data)
   trainer.config.train_steps = 5
   second = trainer.train(data)
-  assert [r["step"] for r in first.history + second.history] == [1, 2, 3, 4, 5]
+  assert [r["step"] for r in first.history] == [1, 2, 3]
+  assert [r["step"] for r in second.history] == [1, 2, 3, 4, 5]  # the run's whole history
   assert train.checkpoint_steps(tmp_path) == [3, 5]
   assert caplog.text.count("compiled the train step") == 1
 
@@ -167,9 +168,31 @@ def test_resume_trains_on_to_a_larger_train_steps_and_keeps_n(trained, tmp_path)
   trainer = _trainer(tmp_path / "run", train_steps=60, checkpoint_every=5,
                      keep_checkpoints=2, eval_every=0)
   result = trainer.train(train.ArrayBatches(fixtures.make_data(), 8, seed=0))
-  assert [r["step"] for r in result.history] == [50, 60]
+  assert [r["step"] for r in result.history] == [10, 20, 30, 40, 50, 60]  # the whole run's
   assert train.checkpoint_steps(tmp_path / "run") == [55, 60]
   assert result.final_eval is None
+
+
+def test_resumed_run_reports_the_first_loss_of_the_whole_run(tmp_path):
+  """Stopped after N steps and resumed to 2N: the history starts as the uninterrupted run's."""
+  kwargs = dict(log_every=2, checkpoint_every=4, eval_every=2)
+  reference = _trainer(tmp_path / "reference", train_steps=8, **kwargs).train(
+      train.ArrayBatches(fixtures.make_data(), 8, seed=0), _eval_batches)
+  _trainer(tmp_path / "run", train_steps=4, **kwargs).train(
+      train.ArrayBatches(fixtures.make_data(), 8, seed=0), _eval_batches)
+  # A killed process may have logged steps after its last checkpoint: they are rewritten.
+  with open(tmp_path / "run" / "train" / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 6, "loss": 123.0}) + "\n" + '{"step": 7, "lo')
+  resumed = _trainer(tmp_path / "run", train_steps=8, **kwargs).train(
+      train.ArrayBatches(fixtures.make_data(), 8, seed=0), _eval_batches)
+  assert [r["step"] for r in resumed.history] == [2, 4, 6, 8]
+  # The first loss is the run's (the learning-rate schedule, stretched to train_steps, makes
+  # later steps differ from the 8-step reference).
+  assert resumed.history[0]["loss"] == reference.history[0]["loss"]
+  assert "timing/compilation_seconds" in resumed.history[-2]  # the resumed process compiled
+  for folder in ("train", "training_eval"):
+    steps = [r["step"] for r in _jsonl(tmp_path / "run" / folder / "metrics.jsonl")]
+    assert steps == [2, 4, 6, 8], folder  # each step once
 
 
 def test_nan_stops_without_saving_and_keeps_the_last_good_checkpoint(tmp_path, caplog):

@@ -43,3 +43,26 @@ def test_checkpoint_paths_resolve_to_a_step_or_fail_clearly(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(checkpoints_lib.CheckpointError, match="neither a checkpoint_<step>"):
     checkpoints_lib.resolve_checkpoint(tmp_path / "empty")
+
+
+def test_docs_plain_orbax_snippet_opens_a_checkpoint(tmp_path, capsys):
+  """Runs the python block of docs/training.md's plain-orbax section on a decoder checkpoint."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from explore.llm import checkpoint_import  # pylint: disable=g-import-not-at-top
+  from explore.llm.decoder import build_decoder  # pylint: disable=g-import-not-at-top
+  from explore.llm.decoder_config import DecoderConfig  # pylint: disable=g-import-not-at-top
+
+  doc = (pathlib.Path(__file__).parents[1] / "docs" / "training.md").read_text()
+  section = doc[doc.index("### Opening a checkpoint with plain orbax"):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  assert 'model_dir = "/tmp/explore/llm/model"' in code
+  config = DecoderConfig(vocab_size=32)
+  model = build_decoder(config, seed=0)
+  checkpoint_import.write_initial_checkpoint(model, tmp_path / "model")
+  scope = {}
+  exec(code.replace("/tmp/explore/llm/model", str(tmp_path / "model")), scope)  # pylint: disable=exec-used
+  assert scope["step"] == 0 and scope["restored"].train == {"step": 0, "format_version": 1}
+  np.testing.assert_array_equal(np.asarray(scope["table"]),
+                                np.asarray(model.embedder.table.get_value()))
+  assert "0 {'step': 0, 'format_version': 1}" in capsys.readouterr().out

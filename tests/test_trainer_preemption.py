@@ -54,3 +54,6 @@ def test_sigkill_after_a_checkpoint_then_restart_reproduces_the_losses(tmp_path)
   got = _losses(killed)  # the restart appended steps resumed_from + 1 .. 30
   steps = range(resumed_from + 1, 31)
   np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=1e-6)
+  lines = (killed / "train" / "metrics.jsonl").read_text().splitlines()
+  logged = [json.loads(line)["step"] for line in lines]
+  assert logged == sorted(set(logged))  # the restart rewrote the steps after its checkpoint

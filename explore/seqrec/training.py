@@ -292,7 +292,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
       raise SeqRecTrainingError(
           f"seqrec training diverged (non-finite loss) before step {result.step}; lower "
           "SeqRecTraining.learning_rate or raise warmup_steps")
-    history.extend(result.history)
+    history = list(result.history)  # the whole run's (the trainer reads earlier rounds back)
     scorer = evaluation.model_scorer(trainer.model, clusters_of_tokens)
     record = {"epoch": epoch, "step": trainer.step,
               "train_seconds": round(seconds, 3),

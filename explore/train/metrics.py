@@ -89,9 +89,52 @@ class MetricWriter:
     with open(self.logdir / self.JSONL, "a") as f:
       f.write(json.dumps(line, sort_keys=True) + "\n")
 
+  def resume(self, step: int) -> list[dict]:
+    """The folder's records up to `step`, later ones dropped from the file (`truncate_history`)."""
+    if not self.enabled:
+      return read_history(self.logdir, step)
+    return truncate_history(self.logdir, step)
+
   def close(self) -> None:
     if self._events is not None:
       self._events.close()
+
+
+def truncate_history(logdir: str | os.PathLike, step: int) -> list[dict]:
+  """Keeps the records of steps <= `step` in `logdir/metrics.jsonl`; returns them.
+
+  A run resumed from its checkpoint at `step` rewrites the steps after it, so
+  `metrics.jsonl` keeps one line per step and holds the whole run's history.
+  """
+  records = read_history(logdir, step)
+  path = Path(logdir) / MetricWriter.JSONL
+  if path.exists():
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(tmp, path)
+  return records
+
+
+def read_history(logdir: str | os.PathLike, up_to_step: int | None = None) -> list[dict]:
+  """The records of `logdir/metrics.jsonl` (steps <= `up_to_step` if given), in file order.
+
+  A step written twice (by a run killed after its checkpoint, before this
+  truncation existed) keeps its last record. A torn last line is skipped.
+  """
+  path = Path(logdir) / MetricWriter.JSONL
+  if not path.exists():
+    return []
+  by_step: dict[int, dict] = {}
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut short by a kill
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, int) and (up_to_step is None or step <= up_to_step):
+      by_step.pop(step, None)
+      by_step[step] = record
+  return sorted(by_step.values(), key=lambda r: r["step"])
 
 
 def throughput(steps: int, seconds: float, batch_size: int, num_devices: int,

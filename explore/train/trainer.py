@@ -18,7 +18,8 @@ step `config.train_steps`:
     initial checkpoint made without adapters restores the frozen base of a LoRA
     model (weights only) while the adapters start fresh;
   * every `log_every` steps: a log line, `train/` TensorBoard scalars and
-    `metrics.jsonl`; every `eval_every` steps: `evaluate` into `training_eval/`;
+    `metrics.jsonl` (on resume, cut back to the restored step, so it holds each
+    step once and `TrainResult.history` is the whole run's); every `eval_every` steps: `evaluate` into `training_eval/`;
     every `checkpoint_every` steps and at the end (unless `checkpoint_at_end` is
     False, e.g. for benchmarks): an asynchronous checkpoint;
   * a non-finite loss or gradient (tracked on device every step, checked on the
@@ -110,6 +111,7 @@ class Trainer:
     self._restored = False
     self._pending_data_state: dict | None = None
     self._compiled: tuple[Any, Any] | None = None  # (batch layout, compiled train step)
+    self._compile_seconds: float | None = None  # reported with the next logged step
 
     step_fn = step_lib.make_train_step(self.graphdef, task, self.tx,
                                        self.config.grad_accum_steps,
@@ -253,7 +255,9 @@ class Trainer:
     if step >= cfg.train_steps:
       self._log(f"{self.model_dir} is already at step {step} >= train_steps={cfg.train_steps};"
                 " nothing to train")
-      return TrainResult(step=step, history=[], final_eval=None, stopped_reason="already_done")
+      return TrainResult(step=step, history=metrics_lib.read_history(self.model_dir / TRAIN_DIR,
+                                                                     step),
+                         final_eval=None, stopped_reason="already_done")
     if self._is_chief:
       groups = [("params", self._state.params, self.state_shardings.params)]
       if jax.tree.leaves(self._frozen):
@@ -263,8 +267,11 @@ class Trainer:
     self._log(f"trainable parameters: {self.num_trainable_params} of {self.num_params}"
               f" ({100.0 * self.num_trainable_params / max(self.num_params, 1):.3g}%)")
     train_writer = metrics_lib.MetricWriter(self.model_dir / TRAIN_DIR, self._is_chief)
+    # The whole run's records: those up to the restored step, then this call's.
+    history: list[dict] = train_writer.resume(step)
+    if self._is_chief:
+      metrics_lib.truncate_history(self.model_dir / EVAL_DIR, step)
     eval_writer = None
-    history: list[dict] = []
     final_eval = None
     try:
       batch = self.batches.place(next(train_data), cfg.batch_size, "train data")
@@ -272,7 +279,7 @@ class Trainer:
                             if hasattr(self.task, "tokens_per_example")
                             else self.batches.tokens_per_example(batch))
       nonfinite = jax.device_put(jnp.int32(-1), self._replicated)
-      compiled = self._compiled_step(batch, nonfinite, step, train_writer)
+      compiled = self._compiled_step(batch, nonfinite)
       peak = cfg.peak_flops_per_device or metrics_lib.peak_flops_for_device_kind(
           jax.devices()[0].device_kind)
       flops = self.task.flops_per_example()
@@ -299,6 +306,9 @@ class Trainer:
         if log_now or bad_step >= 0:
           seconds = time.perf_counter() - window_start - paused
           record = self._window_record(step, window, seconds, tokens_per_example, flops, peak)
+          if self._compile_seconds is not None:
+            record["timing/compilation_seconds"] = self._compile_seconds
+            self._compile_seconds = None
           history.append(record)
           train_writer.write(step, record)
           self._log(metrics_lib.format_log_line(step, record))
@@ -332,8 +342,7 @@ class Trainer:
       if eval_writer is not None:
         eval_writer.close()
 
-  def _compiled_step(self, batch: dict[str, jax.Array], nonfinite: jax.Array, step: int,
-                     writer: metrics_lib.MetricWriter):
+  def _compiled_step(self, batch: dict[str, jax.Array], nonfinite: jax.Array):
     """The compiled train step for this batch layout, compiled (and timed) once per layout."""
     layout = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
     if self._compiled is None or self._compiled[0] != layout:
@@ -343,7 +352,8 @@ class Trainer:
         compiled = lowered.compile()
       seconds = time.perf_counter() - start
       self._log(f"compiled the train step in {seconds:.2f} s")
-      writer.write(step, {"timing/compilation_seconds": seconds})
+      # Reported with the next logged step, so metrics.jsonl has one line per step.
+      self._compile_seconds = seconds
       self._compiled = (layout, compiled)
     return self._compiled[1]
 

@@ -64,7 +64,7 @@ class TrainerConfig:
 @dataclasses.dataclass
 class TrainResult:
   step: int
-  history: list[dict]  # the logged metrics per log step
+  history: list[dict]  # the run's logged metrics per log step (earlier processes' from metrics.jsonl)
   final_eval: dict | None
   stopped_reason: str  # "done" | "already_done" | "nan"
 
