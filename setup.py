@@ -38,6 +38,8 @@ setuptools.setup(
         "pyarrow>=26.0.1",
         "safetensors>=0.8.0",
         "tqdm>=4.70.1",
+        # The report stage's plots (Agg backend, no display) and tools/plot_coverage.py.
+        "matplotlib>=3.11.2",
     ],
     extras_require={
         # Cloud TPU VMs: JAX with libtpu.
@@ -52,8 +54,6 @@ setuptools.setup(
         "hf": ["tokenizers>=0.23.3"],
         # `explore serve`: the HTTP API and page (Starlette on uvicorn).
         "serve": ["starlette", "uvicorn"],
-        # tools/plot_coverage.py (curves in docs/llm_results.md).
-        "plots": ["matplotlib"],
         # Tests and benchmarks: everything the suite imports. shellcheck (for launch/*.sh) is
         # a Debian package: apt-get install shellcheck; the page tests drive Debian's chromium
         # (apt-get install chromium). The checkpoint-import parity test also uses

@@ -35,6 +35,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "explore.seqrec.stage",
     "explore.precompute.stage",
     "explore.sim.stage",
+    "explore.report.stage",
 )
 
 

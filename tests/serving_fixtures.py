@@ -18,15 +18,9 @@ from explore import stages
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import serving as serving_bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pipeline_fixtures import TINY_BASE  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TINY_RUN = [
-    "SyntheticConfig.num_users = 120", "SyntheticConfig.num_items = 300",
-    "SyntheticConfig.branching = (2, 2, 2)", "SyntheticConfig.events_per_user = (20, 40)",
-    "SeqRecConfig.max_len = 10", "SeqRecConfig.embed_dim = 16", "SeqRecConfig.num_blocks = 1",
-    "SeqRecTraining.train_epochs = 1", "SeqRecTraining.eval_every_epochs = 1",
-    "SeqRecTraining.batch_size = 16", "SoftmaxConfig.kind = 'sampled'",
-    "SoftmaxConfig.negatives_per_example = 4", "build_cluster_tree.levels = (4, 16)",
-]
+TINY_RUN = TINY_BASE
 
 
 def serving_run(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:

@@ -7,13 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import urllib.request
 
 import pytest
 
 from explore.serving import Explorer
 from explore.serving import server
+import headless_chromium
 from serving_fixtures import serving_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -118,45 +118,15 @@ def test_recommend_command_prints_the_slate_or_json_and_names_bad_ids(run, explo
       "explore: error: unknown user id 99999: not in the run's users (120 known)")
 
 
-def chromium_binary():
-  for name in ("chromium", "chromium-browser", "google-chrome"):
-    if shutil.which(name):
-      return shutil.which(name)
-  return None
-
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--enable-logging=stderr",
-                  "--log-level=0", "--virtual-time-budget=15000", "--window-size=1400,900"]
-
-
-def console_problems(stderr: str) -> list[str]:
-  """Console messages, uncaught errors and failed loads that Chromium logged."""
-  return [line for line in stderr.splitlines()
-          if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line]
-
-
 @pytest.fixture(scope="module")
 def page(explorer):
   """render(query, screenshot=None) -> (DOM, console problems) of the page in headless Chromium."""
-  binary = chromium_binary()
-  if binary is None:
-    pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run "
-                "installs it where it can")
+  binary = headless_chromium.require_chromium()
   running = server.start_in_thread(explorer)
 
   def render(query: str, screenshot=None):
-    url = f"http://127.0.0.1:{running.port}/?{query}"
-    with tempfile.TemporaryDirectory() as profile:
-      flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-      dom = subprocess.run([binary, *flags, "--dump-dom", url], capture_output=True, text=True,
-                           timeout=120)
-      assert dom.returncode == 0, dom.stderr[-2000:]
-      if screenshot:
-        subprocess.run([binary, *flags, f"--screenshot={screenshot}", url], capture_output=True,
-                       timeout=120, check=True)
-    return dom.stdout, console_problems(dom.stderr)
+    return headless_chromium.render(f"http://127.0.0.1:{running.port}/?{query}", screenshot,
+                                    binary)
 
   yield render
   running.stop()

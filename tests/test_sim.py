@@ -232,6 +232,47 @@ def test_table_policy_ranks_the_planner_table_first():
   assert int(np.argmax(scores[1])) == 4  # a short history falls back to popularity
 
 
+def test_llm_policy_explores_the_precompute_tables_clusters_for_the_tuple():
+  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
+  from explore.eval import planners as planners_lib  # pylint: disable=g-import-not-at-top
+  from explore.precompute import table as table_lib  # pylint: disable=g-import-not-at-top
+  from explore.sim import stage as sim_stage  # pylint: disable=g-import-not-at-top
+  from explore.transitions.examples import NovelTransitions  # pylint: disable=g-import-not-at-top
+  m, k = 6, 2
+  table = table_lib.TupleTable.empty(m, k, 3)
+  table.set_rows(np.array([[0, 1], [2, 3]]), np.array([[4, 2, 5], [1, 0, -1]]),
+                 np.array([[-0.1, -0.2, -0.3], [-0.5, -0.6, 0.0]]))
+  # Training transitions make cluster 3 the most popular novel cluster (the fallback).
+  transitions = NovelTransitions(
+      user=np.array([0, 1, 2], np.int32), history=np.array([[0, 1], [1, 2], [2, 0]], np.int32),
+      next_cluster=np.array([3, 3, 5], np.int32), timestamp=np.arange(3, dtype=np.int64),
+      split=np.zeros(3, np.int8), num_engaged_before=np.full(3, 2, np.int32),
+      engaged_clusters=np.zeros(0, np.int32), engaged_offsets=np.zeros(4, np.int64),
+      num_clusters=m, cut_timestamp=10)
+  options = sim_stage.SimOptions(policies=("exploit_only", "llm"))
+  exploit, llm = sim_stage.build_policies(options, transitions, m, np.arange(m), table)
+  assert llm.name == "llm" and exploit.name == "exploit_only"
+  np.testing.assert_array_equal(llm.table, table.clusters)
+  # Users: tuple (0, 1); tuple (0, 1) having engaged with 4; tuple (2, 3); history shorter than K.
+  history = np.array([[0, 1], [0, 1], [2, 3], [-1, 2]], np.int32)
+  engaged = np.zeros((4, m), bool)
+  engaged[1, 4] = True
+  state = SimpleNamespace(engaged=[population_lib.pack_bits(engaged)] * 2,
+                          history=[jnp.asarray(history)] * 2, known=[None] * 2, policy=[(), ()])
+  users = SimpleNamespace(interest_topic=None, interest_strength=None)
+  clusters = np.asarray(sim_lib.explore_clusters([exploit, llm], state, users, m, 2,
+                                                 jnp.int32(0), None))  # [P, B, E]
+  assert clusters[0].tolist() == [[-1, -1]] * 4  # exploit-only explores nothing
+  assert clusters[1, 0].tolist() == [4, 2]  # the table's first two entries for (0, 1)
+  assert clusters[1, 1].tolist() == [2, 5]  # an engaged cluster is skipped
+  assert clusters[1, 2].tolist() == [1, 0]
+  popular = planners_lib.PopularNovel(transitions.history, transitions.next_cluster, m)
+  assert int(np.argmax(popular.popularity)) == 3
+  assert clusters[1, 3, 0] == 3  # short history: popular-novel
+  with pytest.raises(sim_stage.SimStageError, match="no LLM table"):
+    sim_stage.build_policies(options, transitions, m, np.arange(m), None)
+
+
 def test_world_that_did_not_make_the_logs_is_refused(small_world):
   world, interactions = small_world[0], small_world[1]
   population_lib.check_world_matches(world, interactions)

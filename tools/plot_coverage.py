@@ -8,7 +8,7 @@ every baseline planner. A run without pretraining can be added with
   python3 tools/plot_coverage.py --out=docs/coverage.png /tmp/c0 /tmp/c025 /tmp/c05 /tmp/c1 \
     --scratch=/tmp/scratch
 
-Needs matplotlib (`pip install -e .[plots]`). Prints the plotted numbers as a table too.
+Uses matplotlib (in the default install: `pip install -e .`). Prints the plotted numbers as a table too.
 """
 
 from __future__ import annotations

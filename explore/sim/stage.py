@@ -1,15 +1,17 @@
 """The `sim` stage: the closed-loop A/B test of every exploration policy on the synthetic world.
 
 Reads the `data` stage's world and logs, the `clusters` map, the `transitions`
-training examples (to fit the count planners) and the `seqrec` vectors; writes
+training examples (to fit the count planners), the `seqrec` vectors and the
+`precompute` stage's table (the LLM planner's top-n novel clusters of every
+K-tuple, through `precompute_stage.load_table`: the `llm` policy); writes
   metrics.json   calibration (value of a hidden interest), per-policy totals with
                  95% intervals, paired differences against exploit-only, per-round
                  curves (mean and interval per policy), settings and seconds
   table.md       the comparison as a markdown table
 On real logs (no world) the stage records that it was skipped and why.
-The LLM planner enters through `SimOptions.planner_table`, a `TupleTable` folder
-(the precompute stage's output, or any planner tabulated with `policies.plan_table`);
-without it the `planner` policy is left out and the stage says so.
+Any other planner table enters through `SimOptions.planner_table`, a `TupleTable`
+folder (e.g. another run's precompute output, or any planner tabulated with
+`policies.plan_table`); without it the `planner` policy is left out and the stage says so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from explore import stages
 from explore.clusters import stage as clusters_stage
 from explore.data import stage as data_stage
 from explore.eval import planners as planners_lib
+from explore.precompute import stage as precompute_stage
 from explore.precompute import table as table_lib
 from explore.seqrec import stage as seqrec_stage
 from explore.sim import calibration as calibration_lib
@@ -42,7 +45,7 @@ from explore.transitions.examples import NovelTransitions, TRAIN
 METRICS = "metrics.json"
 TABLE = "table.md"
 POLICIES = ("exploit_only", "random", "popular_novel", "transition", "last_cluster",
-            "ucb_bandit", "planner", "oracle")
+            "ucb_bandit", "llm", "planner", "oracle")
 
 
 class SimStageError(ValueError):
@@ -56,7 +59,8 @@ class SimOptions:
 
   users: world users simulated (a seeded sample; None: all of them).
   replicas: seeds per user, on the batch axis (paired within a user).
-  policies: which of POLICIES to run; `planner` needs `planner_table`.
+  policies: which of POLICIES to run; `llm` reads the precompute stage's table,
+    `planner` needs `planner_table`.
   planner_table: a `TupleTable` folder to plan with (e.g. the LLM's precomputed table).
   table_top_n: clusters kept per tuple when a count planner is tabulated.
   bandit_exploration: UCB's exploration constant.
@@ -90,8 +94,13 @@ def _load(what: str, stage: str, loader: Callable[[], Any]) -> Any:
 
 
 def build_policies(options: SimOptions, transitions: NovelTransitions, num_clusters: int,
-                   topic_cluster: np.ndarray) -> list[policies_lib.Policy]:
-  """The chosen policies, count planners fitted on the training transitions."""
+                   topic_cluster: np.ndarray, llm_table: table_lib.TupleTable | None = None
+                   ) -> list[policies_lib.Policy]:
+  """The chosen policies, count planners fitted on the training transitions.
+
+  `llm_table` (the precompute stage's table) is what the `llm` policy plays; the
+  policy is required to have it when it is chosen.
+  """
   train = transitions.indices(TRAIN)
   history, target = transitions.history[train], transitions.next_cluster[train]
   k = transitions.k
@@ -112,6 +121,7 @@ def build_policies(options: SimOptions, transitions: NovelTransitions, num_clust
           "last_cluster", table(planners_lib.LastClusterCounts(history, target, num_clusters)),
           popular),
       "ucb_bandit": lambda: policies_lib.UcbBandit(popular, options.bandit_exploration),
+      "llm": lambda: policies_lib.TablePolicy("llm", table(llm_table), popular),
       "planner": lambda: policies_lib.TablePolicy(
           "planner", table(table_lib.TupleTable.load(options.planner_table)), popular),
       "oracle": lambda: policies_lib.Oracle(topic_cluster, num_clusters),
@@ -120,6 +130,9 @@ def build_policies(options: SimOptions, transitions: NovelTransitions, num_clust
             if name != "planner" or options.planner_table is not None]
   if "planner" in options.policies and options.planner_table is None:
     logging.info("sim: no SimOptions.planner_table given; the planner policy is left out")
+  if "llm" in chosen and llm_table is None:
+    raise SimStageError("SimOptions.policies has 'llm' but no LLM table was given (the "
+                        "precompute stage's table); run `explore precompute` or drop 'llm'")
   return [makers[name]() for name in chosen]
 
 
@@ -129,7 +142,7 @@ def _sample_users(num_users: int, wanted: int | None, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng([seed, 12]).choice(num_users, wanted, replace=False))
 
 
-@stages.register_stage("sim", deps=("data", "clusters", "transitions", "seqrec"),
+@stages.register_stage("sim", deps=("data", "clusters", "transitions", "seqrec", "precompute"),
                        configurables=("SimOptions", "SimConfig", "ChoiceModel"))
 def sim_stage(ctx: stages.StageContext) -> dict[str, Any]:
   """Plays every exploration policy against the same simulated users; paired 95% CIs."""
@@ -162,7 +175,11 @@ def sim_stage(ctx: stages.StageContext) -> dict[str, Any]:
   logging.info("sim calibration:\n%s", calibration_lib.format_calibration(calibration))
   topic_cluster = population_lib.topic_clusters(world.item_topic, clusters.item_to_cluster,
                                                 world.num_topics, m)
-  policies = build_policies(options, transitions, m, topic_cluster)
+  llm_table = None
+  if "llm" in options.policies:
+    llm_table = _load("the LLM planner's table", "precompute",
+                      lambda: precompute_stage.load_table(ctx.input_path("precompute")))
+  policies = build_policies(options, transitions, m, topic_cluster, llm_table)
   engagement = choice_lib.Engagement(world.config.base_enjoyment,
                                      world.config.engagement_concentration,
                                      world.config.positive_threshold)
