@@ -257,7 +257,8 @@ def run_command(command: Sequence[str]) -> int:
       print(stages.format_summary(run_dir.manifest(name).summary))
   if is_chief:  # times, headline numbers, what to run next
     from explore import run_summary  # pylint: disable=g-import-not-at-top
-    print(run_summary.format_run_summary(run_dir, done, list(COMMANDS)))
+    print(run_summary.format_run_summary(run_dir, done,
+                                         [*COMMANDS, *stages.registered_stages()]))
   return 0
 
 

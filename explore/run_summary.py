@@ -130,7 +130,10 @@ def next_steps(run_dir: rundir_lib.RunDir, commands: Sequence[str] = ()) -> list
   if "precompute" in complete:
     lines.append(f"explore serve --run_dir={root}   (the recommend API and page;"
                  f" one user: explore recommend --run_dir={root} --user=ID)")
-  if "report" in complete or "report" in commands:
+  if "report" in complete:
+    lines.append(f"open {root}/report/report.html   (tables and plots of this run; report.md"
+                 " beside it)")
+  elif "report" in commands and "llm" in complete:  # its offline tables exist
     lines.append(f"explore report --gin.RUN_DIR=\"'{root}'\"   (tables and plots)")
   if "llm" in complete:
     lines.append(f"explore export --format=hf --out=DIR --run_dir={root}   (the planner as a"

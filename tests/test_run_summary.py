@@ -101,3 +101,7 @@ def test_summary_lists_each_stage_with_its_headline_numbers(tmp_path, clean_gin)
   assert "explore serve" not in text  # no precompute table yet
   again = run_summary.format_run_summary(run, stages.run_stages(["llm"], run, seed=0))
   assert "(up to date) hit@5: llm" in again
+  assert "explore report" not in text  # the report stage is not registered among `commands`
+  with_report = run_summary.format_run_summary(run, done, ["report"])
+  assert f"explore report --gin.RUN_DIR=\"'{tmp_path}'\"" in with_report
+  assert "report.html" not in with_report  # not built yet: the command, not the file
