@@ -180,3 +180,22 @@ def test_free_decode_matches_the_planner_greedy_outputs(semantic_run):
   matched = free_decode.match_outputs(tokens, targets, planner.tokenizer.eos_id)
   metrics = free_decode.free_decode_metrics(planner, history)
   assert metrics["valid"] == pytest.approx(float(np.mean(matched >= 0)))
+
+
+def test_precompute_beam_table_on_semantic_ids(semantic_run, tmp_path):
+  """The trie-constrained table over semantic IDs: every output a novel, valid cluster."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from explore.precompute import stage as precompute_stage  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / "run"
+  shutil.copytree(semantic_run.root, run_dir)
+  gin.clear_config()
+  gin_config.parse_gin(["quickstart.gin"], [
+      f"RUN_DIR = '{run_dir}'", *TINY, "cluster_vocabulary.vocabulary = 'semantic_ids'",
+      "PrecomputeOptions.top_n = 10", "PrecomputeOptions.agreement_sample = 20"])
+  try:
+    stages.run_stages(["precompute"], rundir.RunDir(run_dir), seed=0)
+  finally:
+    gin.clear_config()
+  metrics = precompute_stage.load_metrics(rundir.RunDir(run_dir).complete_path("precompute"))
+  assert metrics["validity"]["fraction_valid"] == 1.0
+  assert metrics["validity"]["fraction_history"] == 0.0
