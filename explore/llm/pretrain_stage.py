@@ -147,7 +147,7 @@ def pretrain_stage(ctx: stages.StageContext) -> dict[str, Any]:
                         "or give the catalog item text")
   artifacts.atomic_write_text(ctx.path / CORPUS, "\n".join(documents) + "\n")
   clusters = clusters_stage.load_exploration_clusters(ctx.input_path("clusters"))
-  descriptions = [str(t) for t in clusters.descriptions.texts]
+  descriptions = list(clusters.texts)
   transitions = NovelTransitions.load(ctx.input_path("transitions") /
                                       transitions_stage.TRANSITIONS)
   prompts = tokenizer_lib.sentencepiece_corpus(descriptions, transitions.k)

@@ -15,7 +15,8 @@ source; writes into the stage folder:
                         `explore.llm.planner`) without rerunning the stage
   eval_examples/        the test example indices evaluated (`load_eval_examples`)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
-                        and by unseen / rare / frequent test tuples; train loss
+                        and by unseen / rare / frequent test tuples; free-decode
+                        validity (`explore.llm.free_decode`); train loss
                         first / last; seconds and CPU seconds per phase
 The folder of an interrupted run is kept (same config), so training resumes
 from the latest checkpoint. TensorFlow and seqio are never imported here.
@@ -42,6 +43,7 @@ from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
+from explore.llm import free_decode
 from explore.llm import lora
 from explore.llm import planner as planner_lib
 from explore.llm import pretrain_stage
@@ -179,7 +181,7 @@ def load_eval_examples(stage_path: Path) -> tuple[np.ndarray, int]:
 def _load_inputs(ctx: stages.StageContext) -> tuple[list[str], NovelTransitions, Path]:
   """(cluster descriptions, transitions, transitions stage folder), checked against each other."""
   clusters = clusters_stage.load_exploration_clusters(ctx.input_path("clusters"))
-  descriptions = [str(t) for t in clusters.descriptions.texts]
+  descriptions = list(clusters.texts)  # keyword descriptions or semantic IDs
   transitions_path = ctx.input_path("transitions")
   transitions = transitions_stage.load_transitions(transitions_path)
   if transitions.num_clusters != len(descriptions):
@@ -335,6 +337,8 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   metrics = {
       **evaluation,
       "blend": tuned,
+      "free_decode": free_decode.free_decode_metrics(planner, history=transitions.history[examples],
+                                                     next_cluster=transitions.next_cluster[examples]),
       "llm_minus_best_count": bootstrap.llm_minus_best_count(
           transitions, scores, examples, rare_max=options.rare_max, seed=ctx.seed),
       "test_examples": int(len(transitions.indices(TEST))),

@@ -18,6 +18,12 @@ the tokenizer must keep the descriptions apart: each description + EOS must
 give a token sequence of its own (`check_descriptions_tokenize_uniquely`).
 Distinct texts can collide after tokenization when normalization merges them
 (repeated spaces, full-width characters) or characters fall to <unk>.
+
+Semantic-ID cluster texts ("<a3> <b28> <c115>", `explore.clusters.semantic_ids`)
+are made of level tokens; `train_sentencepiece` finds every level token in its
+texts and makes it a user-defined symbol, both with and without the word-start
+marker ("▁<a3>" and "<a3>"), so each level token after a space, or at the start of
+a text, is exactly one piece and a semantic-ID text of L levels is L tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import sentencepiece as spm
 
 from explore import artifacts
 from explore import extras
+from explore.clusters.semantic_ids import level_tokens
 from explore.transitions.task_source import format_history_prompt
 
 if TYPE_CHECKING:
@@ -187,6 +194,15 @@ def sentencepiece_corpus(descriptions: Sequence[str], k: int = 2) -> list[str]:
   return texts + prompts
 
 
+WORD_START = "\u2581"  # SentencePiece's marker of a word start (a space before it)
+
+
+def level_token_symbols(texts: Sequence[str]) -> list[str]:
+  """User-defined symbols for the semantic-ID level tokens in `texts` ([] when there are none)."""
+  tokens = level_tokens(texts)
+  return [WORD_START + t for t in tokens] + tokens
+
+
 def _train_proto(texts: Sequence[str], vocab_size: int, model_type: str,
                  options: dict) -> bytes:
   writer = io.BytesIO()
@@ -219,6 +235,8 @@ def train_sentencepiece(
   size the corpus supports, and training is rerun with that size (logged);
   read the result's `vocab_size` to size the model's embedding. A size below
   the number of distinct characters + 3 special pieces is an error.
+  Semantic-ID level tokens in `texts` become user-defined symbols (one piece
+  each; see the module docstring).
   """
   texts = [str(t) for t in texts]
   if not texts or not any(texts):
@@ -231,6 +249,9 @@ def train_sentencepiece(
       or vocab_size < 4):
     raise TokenizerError(f"train_sentencepiece: vocab_size={vocab_size!r} must be an int >= 4")
   options = dict(max_sentencepiece_length=max_sentencepiece_length, split_digits=split_digits)
+  symbols = level_token_symbols(texts)
+  if symbols:
+    options["user_defined_symbols"] = symbols
   size = int(vocab_size)
   for _ in range(3):
     try:

@@ -107,7 +107,7 @@ def table_fingerprints(clusters: clusters_stage.ExplorationClusters, checkpoint:
                        ) -> dict[str, str]:
   """What a table is tied to: the cluster assignment, their descriptions, the checkpoint."""
   return {"cluster_assignment": clusters_fingerprint(clusters.item_to_cluster),
-          "cluster_descriptions": text_fingerprint([str(t) for t in clusters.descriptions.texts]),
+          "cluster_descriptions": text_fingerprint(list(clusters.texts)),
           "checkpoint": checkpoint}
 
 
@@ -206,7 +206,7 @@ def precompute_stage(ctx: stages.StageContext) -> dict[str, Any]:
   # The exact scorer (the reference in the metrics) keeps its own chunk size:
   # its rows are prompts x M candidates, far more than the beam generator's.
   planner = llm_stage.load_planner(ctx.input_path("llm"), _local_mesh(ctx.mesh))
-  descriptions = [str(t) for t in clusters.descriptions.texts]
+  descriptions = list(clusters.texts)
   if planner.descriptions != descriptions or planner.k != transitions.k:
     raise PrecomputeError(f"{ctx.input_path('llm')}: the planner was trained on other clusters "
                           "or another K than the clusters / transitions stages hold; rerun llm")

@@ -62,7 +62,7 @@ class Explorer:
     self.items = IdIndex(interactions.item_ids, "item")
     self.users = IdIndex(interactions.user_ids, "user")
     self.titles = np.asarray(inputs.catalog.title)
-    self.descriptions = [str(t) for t in clusters.descriptions.texts]
+    self.descriptions = clusters.display_texts()
     self.item_to_cluster = np.asarray(clusters.item_to_cluster, np.int32)
     self.num_clusters = clusters.num_clusters
     self.k = inputs.table.k

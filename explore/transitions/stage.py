@@ -40,8 +40,8 @@ def transitions_stage(ctx: stages.StageContext) -> dict[str, Any]:
                                               "exploration_level": clusters.level})
   train = transitions.curate(examples.tuple_counts(transitions.TRAIN))
   test = examples.tuple_counts(transitions.TEST)
-  transitions.export_task_source(ctx.path / TASK_SOURCE, train, test, clusters.descriptions)
-  summary = examples.summary(descriptions=list(clusters.descriptions.texts))
+  transitions.export_task_source(ctx.path / TASK_SOURCE, train, test, clusters.texts)
+  summary = examples.summary(descriptions=list(clusters.texts))
   summary["curated_train_pairs"] = int(len(train.count))
   logging.info("transitions: %s", {k: v for k, v in summary.items() if not isinstance(v, list)})
   return summary
