@@ -149,6 +149,13 @@ def stated_relations(world: SyntheticWorld, coverage: float, noise: float,
   return StatedRelations(source=source, target=target, true=true)
 
 
+def canonical_name(world: SyntheticWorld, leaf: int, name_words: int = 3) -> str:
+  """The leaf's first `name_words` words joined by ", ", as a cluster description reads."""
+  vocabulary = world.vocabulary
+  words = vocabulary.words[vocabulary.node_words[world.topic_tree.num_levels - 1][leaf]]
+  return ", ".join(str(w) for w in words[:name_words])
+
+
 class _Namer:
   """Names of topics and tree nodes in their own words, in varied forms."""
 
@@ -173,8 +180,7 @@ class _Namer:
     return ", ".join(chosen) if self._rng.random() < 0.75 else " ".join(chosen)
 
   def canonical(self, leaf: int) -> str:
-    """The leaf's first `name_words` words joined by ", ", as a cluster description reads."""
-    return ", ".join(self.words(self._levels - 1, leaf)[:self._n])
+    return canonical_name(self._world, leaf, self._n)
 
   def node(self, level: int, node: int) -> str:
     return " ".join(self.words(level, node)[:2])
