@@ -3,7 +3,9 @@
 Each run directory is one point: its `pretrain/MANIFEST.json` config gives
 `CorpusConfig.coverage`, its `llm/metrics.json` the hit@k of the LLM and of
 every baseline planner. A run without pretraining can be added with
-`--scratch=RUN_DIR` and is drawn as a horizontal line.
+`--scratch=RUN_DIR` and is drawn as a horizontal line; a control-corpus run
+(`CorpusConfig.control`) with `--control=RUN_DIR`, drawn as single points
+(its LLM and blend) at its coverage.
 
   python3 tools/plot_coverage.py --out=docs/coverage.png /tmp/c0 /tmp/c025 /tmp/c05 /tmp/c1 \
     --scratch=/tmp/scratch
@@ -34,6 +36,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="+", type=Path, help="run directories with pretraining")
   parser.add_argument("--scratch", type=Path, help="a run directory without pretraining")
+  parser.add_argument("--control", type=Path, help="a run directory with the control corpus")
+  parser.add_argument("--title", default="")
   parser.add_argument("--bucket", default="unseen", choices=("all", "unseen", "rare", "frequent"))
   parser.add_argument("--k", type=int, default=5)
   parser.add_argument("--out", type=Path, required=True, help="the .png to write")
@@ -58,6 +62,15 @@ def main() -> None:
     _, hits = _read(args.scratch, args.bucket, args.k)
     ax.axhline(hits["llm"], linestyle="--", color="gray", label="llm from scratch")
     print(f"from scratch | llm {hits['llm']:.3f}")
+  if args.control is not None:
+    coverage, hits = _read(args.control, args.bucket, args.k)
+    for name, marker in (("llm", "X"), ("blend", "P")):
+      if name in hits:
+        ax.plot([coverage], [hits[name]], marker=marker, linestyle="none", markersize=9,
+                color="black", label=f"{name}, control corpus")
+        print(f"control ({coverage}) | {name} {hits[name]:.3f}")
+  if args.title:
+    ax.set_title(args.title)
   ax.set_xlabel("CorpusConfig.coverage (fraction of affinity edges stated)")
   ax.set_ylabel(f"{args.bucket}-tuple hit@{args.k}")
   ax.legend()
