@@ -33,19 +33,23 @@ def test_validation_is_the_latest_train_examples():
     blend.validation_split(transitions, fraction=1.0)
 
 
-def _transitions():
-  """One user per example, each engaged with its history then its next cluster; M = 4."""
+def one_example_users(history, nxt, num_train):
+  """One user per example, engaged with its history then its next cluster; M = 4."""
   from explore.transitions.examples import NovelTransitions, TEST  # pylint: disable=g-import-not-at-top
-  history = np.array([[0, 1]] * 3 + [[2, 1], [0, 1], [3, 1], [0, 2]])
-  nxt = np.array([2, 2, 2, 3, 2, 2, 1])
+  history, nxt = np.asarray(history), np.asarray(nxt)
   n = len(nxt)
   engaged = np.concatenate([history, nxt[:, None]], axis=1).reshape(-1)
   return NovelTransitions(
       user=np.arange(n, dtype=np.int32), history=history.astype(np.int32),
       next_cluster=nxt.astype(np.int32), timestamp=np.arange(n, dtype=np.int64),
-      split=np.array([TRAIN] * 6 + [TEST], np.int8), num_engaged_before=np.full(n, 2, np.int32),
-      engaged_clusters=engaged.astype(np.int32), engaged_offsets=np.arange(0, 3 * n + 1, 3),
-      num_clusters=4, cut_timestamp=6)
+      split=np.array([TRAIN] * num_train + [TEST] * (n - num_train), np.int8),
+      num_engaged_before=np.full(n, 2, np.int32), engaged_clusters=engaged.astype(np.int32),
+      engaged_offsets=np.arange(0, 3 * n + 1, 3), num_clusters=4, cut_timestamp=num_train)
+
+
+def _transitions():
+  return one_example_users([[0, 1]] * 3 + [[2, 1], [0, 1], [3, 1], [0, 2]],
+                           [2, 2, 2, 3, 2, 2, 1], num_train=6)
 
 
 def test_tune_weight_picks_the_best_validation_weight():

@@ -156,6 +156,64 @@ def test_document_rows_pack_documents_and_split_long_ones(tmp_path):
   assert arrays["decoder_target_tokens"].shape[1] == 16
 
 
+def test_document_rows_lay_task_statements_out_as_fine_tuning_pairs(tmp_path):
+  from explore.data import synthetic_corpus  # pylint: disable=g-import-not-at-top
+  from explore.llm import features  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizer_lib.train_sentencepiece(["history: abc | def ghi abc"] * 20,
+                                                tmp_path / "spm.model", vocab_size=20)
+  statement = synthetic_corpus.task_statement(["abc", "def"], "ghi")
+  assert synthetic_corpus.split_task_statement(statement) == ("history: abc | def", "ghi")
+  arrays = pretrain_stage.document_rows(tokenizer, [statement], max_length=32)
+  expected = features.prefix_lm_examples([tokenizer.encode("history: abc | def", add_eos=True)],
+                                         [tokenizer.encode("ghi", add_eos=True)], 32)
+  for name, value in expected.items():  # exactly a fine-tuning pair: loss on the target only
+    np.testing.assert_array_equal(arrays[name], value, err_msg=name)
+  mixed = pretrain_stage.document_rows(tokenizer, [statement, "abc def"], max_length=32)
+  assert mixed["decoder_loss_weights"].sum() == (len(tokenizer.encode("ghi", add_eos=True)) +
+                                                 len(tokenizer.encode("abc def", add_eos=True)))
+  assert pretrain_stage.tokenizer_text([statement]) == ["history: abc | def ghi"]
+  with pytest.raises(pretrain_stage.PretrainError, match="max_length=4"):
+    pretrain_stage.document_rows(tokenizer, [statement], max_length=4)
+
+
+def _rows(n, width, value, dtype):
+  return {"decoder_target_tokens": np.full((n, width), value, np.int32),
+          "decoder_loss_weights": np.ones((n, width), dtype)}
+
+
+def test_mix_corpus_rows_adds_the_fraction_of_corpus_rows():
+  rows, corpus = _rows(8, 4, 1, np.float32), _rows(5, 4, 2, np.int32)
+  mixed = pretrain_stage.mix_corpus_rows(rows, corpus, 0.5, seed=0)
+  targets = mixed["decoder_target_tokens"]
+  assert len(targets) == 12 and (targets[:, 0] == 2).sum() == 4 and (targets[:, 0] == 1).sum() == 8
+  assert mixed["decoder_loss_weights"].dtype == np.float32
+  assert pretrain_stage.mix_corpus_rows(rows, corpus, 0.0) is rows
+  # More than the corpus holds: drawn with replacement.
+  assert len(pretrain_stage.mix_corpus_rows(rows, corpus, 1.0)["decoder_target_tokens"]) == 16
+  with pytest.raises(pretrain_stage.PretrainError, match="PretrainOptions.max_length"):
+    pretrain_stage.mix_corpus_rows(rows, _rows(5, 6, 2, np.int32), 0.5)
+  with pytest.raises(pretrain_stage.PretrainError, match="corpus_mix=-1"):
+    pretrain_stage.mix_corpus_rows(rows, corpus, -1)
+  with pytest.raises(llm_stage.LlmStageError, match="corpus_mix"):
+    llm_stage.LlmStageOptions(corpus_mix=-0.5)
+
+
+def test_corpus_mix_adds_corpus_rows_to_fine_tuning(pretrained_run, tmp_path):
+  run_copy = tmp_path / "run"
+  shutil.copytree(pretrained_run, run_copy)
+  before = llm_stage.load_metrics(rundir.RunDir(run_copy).complete_path("llm"))["train_rows"]
+  run_dir = _parse(run_copy, "PretrainOptions.enabled = True", "LlmStageOptions.corpus_mix = 0.5",
+                   "LlmStageOptions.max_eval_examples = 5")
+  stages.run_stages(["llm"], run_dir, seed=0, force=True)
+  assert llm_stage.load_metrics(run_dir.complete_path("llm"))["train_rows"] == \
+      before + round(0.5 * before)
+
+
+def test_corpus_mix_without_a_corpus_is_named(tmp_path):
+  with pytest.raises(pretrain_stage.PretrainError, match="corpus_mix needs the pretrain stage"):
+    pretrain_stage.load_corpus_rows(tmp_path, None, 64)
+
+
 def test_catalog_corpus_writes_one_line_per_item_with_text():
   catalog = ItemCatalog(item_ids=np.arange(3), title=np.array(["Heat (1995)", "", "Up (2009)"]),
                         text={"genres": np.array(["Action|Crime", "", "Animation"]),

@@ -100,6 +100,57 @@ def test_control_corpus_has_the_same_words_and_shuffled_targets():
   assert true_pairs(control) < 0.2 * true_pairs(documents)
 
 
+def _task_pairs(documents):
+  """(history leaf names [2], target name) of every task-form statement."""
+  pairs = []
+  for d in documents:
+    split = corpus_lib.split_task_statement(d)
+    if split is not None:
+      prompt, target = split
+      assert prompt.startswith("history: ")
+      pairs.append((prompt[len("history: "):].split(" | "), target))
+  return pairs
+
+
+def test_task_form_states_relations_as_fine_tuning_pairs():
+  config = CorpusConfig(num_words=4000, coverage=1.0, noise=0.0, task_form=True)
+  documents = corpus_lib.generate_corpus(WORLD, config)
+  pairs = _task_pairs(documents)
+  assert pairs and sum(len(d.split()) for d in documents) >= 4000
+  # The prompt is the llm stage's own (format_history_prompt) over cluster-description-like
+  # names; the target is an affine leaf of the history's last topic, never in the history.
+  name_to_leaf = {_leaf_name(leaf): leaf for leaf in range(WORLD.num_topics)}
+  for history, target in pairs:
+    assert corpus_lib.task_statement(history, target) in documents
+    older, last = (name_to_leaf[h] for h in history)
+    assert name_to_leaf[target] in WORLD.affinity[last].tolist()
+    assert name_to_leaf[target] not in (older, last)
+  # Every edge is stated in task form; topic documents stay sentences without a tab.
+  stated = {(name_to_leaf[h[1]], name_to_leaf[t]) for h, t in pairs}
+  assert stated == {(s, int(t)) for s in range(WORLD.num_topics) for t in WORLD.affinity[s]}
+  assert any(corpus_lib.split_task_statement(d) is None and " is " in d for d in documents)
+  assert corpus_lib.generate_corpus(WORLD, config) == documents
+
+
+def test_task_form_control_names_the_same_targets_shuffled():
+  config = CorpusConfig(num_words=4000, coverage=1.0, noise=0.0, task_form=True)
+  documents = corpus_lib.generate_corpus(WORLD, config)
+  control = corpus_lib.generate_corpus(WORLD, CorpusConfig(num_words=4000, coverage=1.0,
+                                                           noise=0.0, task_form=True,
+                                                           control=True))
+  name_to_leaf = {_leaf_name(leaf): leaf for leaf in range(WORLD.num_topics)}
+
+  def true_fraction(docs):
+    pairs = _task_pairs(docs)
+    return np.mean([name_to_leaf[t] in WORLD.affinity[name_to_leaf[h[1]]].tolist()
+                    for h, t in pairs])
+
+  assert collections.Counter(t for _, t in _task_pairs(control)) == collections.Counter(
+      t for _, t in _task_pairs(documents))
+  assert true_fraction(documents) == 1.0
+  assert true_fraction(control) < 0.2
+
+
 @pytest.mark.parametrize("field,value", [("coverage", 1.5), ("noise", 1.0), ("num_words", 0),
                                          ("name_words", 0), ("relations_per_document", 0)])
 def test_bad_settings_are_named(field, value):

@@ -21,10 +21,22 @@ Knobs (`CorpusConfig`, gin-configurable):
              ends with a whole round, so the control has the same words);
   control    the control corpus: the same documents with the same words, but
              the relation targets' names permuted across the stated relations,
-             so that it holds the same tokens and no affinity knowledge.
+             so that it holds the same tokens and no affinity knowledge;
+  task_form  write the standalone relation statements in the fine-tuning
+             task's own form instead of sentences: the `llm` stage's prompt
+             (`format_history_prompt`, "history: X | A") and the related
+             topic's name as the target, e.g. "history: kuflim, shukonai, teb |
+             pliso, ruk, tam<TAB>breflo, tashimo, gon" (A the source, X another
+             leaf, names as cluster descriptions read: the leaf's first
+             `name_words` words joined by ", "), so that what pretraining
+             teaches is already in the form fine-tuning reads. The topic
+             documents keep their sentences.
 
-Every document is one line of text (no tabs), in varied templates and sentence
-orders; the whole corpus is deterministic given the world and the config.
+Every document is one line of text, in varied templates and sentence orders;
+a task-form statement is the prompt and the target separated by one tab
+(`TASK_SEPARATOR`; the `pretrain` stage trains on it as a prompt/target
+example, exactly like a fine-tuning pair), other documents have no tab. The
+whole corpus is deterministic given the world and the config.
 """
 
 from __future__ import annotations
@@ -36,6 +48,9 @@ import gin
 import numpy as np
 
 from explore.data.synthetic_world import SyntheticWorld
+from explore.transitions.task_source import format_history_prompt
+
+TASK_SEPARATOR = "\t"  # between the prompt and the target of a task-form statement
 
 
 class CorpusError(ValueError):
@@ -74,6 +89,7 @@ class CorpusConfig:
     noise: fraction of stated relations with a false target, in [0, 1).
     num_words: approximate corpus size in whitespace words (>= 1).
     control: permute the stated relations' targets (same tokens, no knowledge).
+    task_form: standalone relation statements as fine-tuning prompt/target pairs.
     name_words: leaf words that usually name a topic (its most frequent first).
     relations_per_document: stated relations repeated as standalone documents
       per round, besides the one topic document of every leaf.
@@ -84,6 +100,7 @@ class CorpusConfig:
   noise: float = 0.1
   num_words: int = 200_000
   control: bool = False
+  task_form: bool = False
   name_words: int = 3
   relations_per_document: int = 4
   seed: int = 0
@@ -132,6 +149,13 @@ def stated_relations(world: SyntheticWorld, coverage: float, noise: float,
   return StatedRelations(source=source, target=target, true=true)
 
 
+def canonical_name(world: SyntheticWorld, leaf: int, name_words: int = 3) -> str:
+  """The leaf's first `name_words` words joined by ", ", as a cluster description reads."""
+  vocabulary = world.vocabulary
+  words = vocabulary.words[vocabulary.node_words[world.topic_tree.num_levels - 1][leaf]]
+  return ", ".join(str(w) for w in words[:name_words])
+
+
 class _Namer:
   """Names of topics and tree nodes in their own words, in varied forms."""
 
@@ -155,6 +179,9 @@ class _Namer:
       chosen = words[:self._n + 1]
     return ", ".join(chosen) if self._rng.random() < 0.75 else " ".join(chosen)
 
+  def canonical(self, leaf: int) -> str:
+    return canonical_name(self._world, leaf, self._n)
+
   def node(self, level: int, node: int) -> str:
     return " ".join(self.words(level, node)[:2])
 
@@ -170,6 +197,28 @@ def _pick(rng: np.random.Generator, templates: Sequence[str]) -> str:
 
 def _relation_text(rng: np.random.Generator, a: str, b: str) -> str:
   return _pick(rng, _RELATION).format(a=a, b=b)
+
+
+def task_statement(prompt_history: Sequence[str], target: str) -> str:
+  """A relation in the fine-tuning task's form: the llm stage's prompt, a tab, the target."""
+  return format_history_prompt(prompt_history) + TASK_SEPARATOR + target
+
+
+def split_task_statement(document: str) -> tuple[str, str] | None:
+  """(prompt, target) of a task-form statement, None for a plain document."""
+  if TASK_SEPARATOR not in document:
+    return None
+  prompt, target = document.split(TASK_SEPARATOR, 1)
+  return prompt, target
+
+
+def _task_statement_text(world: SyntheticWorld, namer: _Namer, source: int, target: int,
+                         target_name: str, rng: np.random.Generator) -> str:
+  """"history: X | source" -> target, X a uniform leaf other than both (the older entry)."""
+  while True:
+    other = int(rng.integers(world.num_topics))
+    if other not in (source, target):
+      return task_statement([namer.canonical(other), namer.canonical(source)], target_name)
 
 
 def _topic_document(world: SyntheticWorld, namer: _Namer, leaf: int, targets: list[str],
@@ -201,10 +250,13 @@ def generate_corpus(world: SyntheticWorld, config: CorpusConfig | None = None) -
     # Target names of this round's relation mentions: one in the source's topic
     # document and `relations_per_document` standalone ones; permuted in the control.
     mentions = 1 + config.relations_per_document
-    names = [[namer.leaf(int(t)) for _ in range(mentions)] for t in relations.target.tolist()]
+    names = [[namer.leaf(int(t)) if j == 0 or not config.task_form else namer.canonical(int(t))
+              for j in range(mentions)] for t in relations.target.tolist()]
+    named = relations.target.tolist()  # the leaf each relation's names name
     order = rng.permutation(r)  # drawn in both corpora, so they share every other draw
     if config.control:
       names = [names[i] for i in order.tolist()]
+      named = [named[i] for i in order.tolist()]
     by_source: dict[int, list[str]] = {}
     for i, s in enumerate(relations.source.tolist()):
       by_source.setdefault(s, []).append(names[i][0])
@@ -213,7 +265,11 @@ def generate_corpus(world: SyntheticWorld, config: CorpusConfig | None = None) -
     standalone = [(i, j) for i in range(r) for j in range(1, mentions)]
     for k in rng.permutation(len(standalone)).tolist() if standalone else []:
       i, j = standalone[k]
-      round_docs.append(_relation_text(rng, namer.leaf(int(relations.source[i])), names[i][j]))
+      if config.task_form:
+        round_docs.append(_task_statement_text(world, namer, int(relations.source[i]),
+                                               int(named[i]), names[i][j], rng))
+      else:
+        round_docs.append(_relation_text(rng, namer.leaf(int(relations.source[i])), names[i][j]))
     documents += [round_docs[k] for k in rng.permutation(len(round_docs)).tolist()]
     words += sum(len(d.split()) for d in round_docs)
   return documents

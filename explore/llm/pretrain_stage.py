@@ -120,11 +120,84 @@ def check_covers(tokenizer: tokenizer_lib.Tokenizer, texts: list[str], what: str
 
 def document_rows(tokenizer: tokenizer_lib.Tokenizer, documents: list[str], max_length: int
                   ) -> dict[str, np.ndarray]:
-  """[rows, max_length] packed next-token features of the documents (+ EOS), long ones split."""
+  """[rows, max_length] packed next-token features of the documents (+ EOS), long ones split.
+
+  A task-form statement (prompt TAB target, `synthetic_corpus.task_statement`)
+  becomes a prompt/target example laid out exactly like a fine-tuning pair
+  (prompt + EOS, target + EOS, loss on the target); other documents are
+  plain next-token text (loss on every token).
+  """
+  inputs: list[list[int]] = []
   pieces: list[list[int]] = []
-  for ids in tokenizer.encode_batch(documents, add_eos=True):
-    pieces += [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
-  return features.prefix_lm_examples([[] for _ in pieces], pieces, max_length, pack=True)
+  split = [synthetic_corpus.split_task_statement(d) for d in documents]
+  plain = [d for d, pair in zip(documents, split) if pair is None]
+  pairs = [pair for pair in split if pair is not None]
+  for ids in tokenizer.encode_batch(plain, add_eos=True) if plain else []:
+    chunks = [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
+    pieces += chunks
+    inputs += [[] for _ in chunks]
+  if pairs:
+    prompts = tokenizer.encode_batch([p for p, _ in pairs], add_eos=True)
+    targets = tokenizer.encode_batch([t for _, t in pairs], add_eos=True)
+    for prompt, target in zip(prompts, targets):
+      if len(prompt) + len(target) > max_length:
+        raise PretrainError(f"a task-form corpus statement has {len(prompt) + len(target)} "
+                            f"tokens, more than PretrainOptions.max_length={max_length}")
+    inputs += prompts
+    pieces += targets
+  if not pieces:
+    raise PretrainError("document_rows: no documents to train on")
+  # Interleave the task examples with the text (seeded), so every row mixes both.
+  order = np.random.default_rng(0).permutation(len(pieces)) if pairs and plain else range(len(pieces))
+  return features.prefix_lm_examples([inputs[i] for i in order], [pieces[i] for i in order],
+                                     max_length, pack=True)
+
+
+def tokenizer_text(documents: list[str]) -> list[str]:
+  """The documents as SentencePiece training lines (a task statement's tab as a space)."""
+  return [d.replace(synthetic_corpus.TASK_SEPARATOR, " ") for d in documents]
+
+
+def mix_corpus_rows(rows: dict[str, np.ndarray], corpus: dict[str, np.ndarray], fraction: float,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """Fine-tuning rows plus round(fraction * rows) corpus rows (uniform, without replacement).
+
+  Keeps the pretraining knowledge in the fine-tuning mix so that it is not
+  forgotten (`LlmStageOptions.corpus_mix`). Both are packed decoder features of
+  the same row length; the corpus rows' loss weights take the fine-tuning
+  rows' dtype (1 on their tokens). Corpus rows are drawn with replacement only
+  when the corpus has fewer rows than asked for. The result is shuffled.
+  """
+  if not 0.0 <= fraction:
+    raise PretrainError(f"LlmStageOptions.corpus_mix={fraction} must be >= 0")
+  n = len(rows[decoder_task.TARGETS])
+  extra = int(round(fraction * n))
+  if extra == 0:
+    return rows
+  if set(rows) != set(corpus):
+    raise PretrainError(f"mix_corpus_rows: fine-tuning rows have features {sorted(rows)}, the "
+                        f"corpus rows {sorted(corpus)}")
+  width, corpus_width = rows[decoder_task.TARGETS].shape[1], corpus[decoder_task.TARGETS].shape[1]
+  if width != corpus_width:
+    raise PretrainError(f"mix_corpus_rows: fine-tuning rows have {width} tokens, corpus rows "
+                        f"{corpus_width}; set PretrainOptions.max_length to the fine-tuning's")
+  available = len(corpus[decoder_task.TARGETS])
+  rng = np.random.default_rng(seed)
+  pick = rng.choice(available, size=extra, replace=extra > available)
+  order = rng.permutation(n + extra)
+  return {name: np.concatenate([rows[name], corpus[name][pick].astype(rows[name].dtype)])[order]
+          for name in rows}
+
+
+def load_corpus_rows(pretrain_path: Path, tokenizer: tokenizer_lib.TextTokenizer,
+                     max_length: int) -> dict[str, np.ndarray]:
+  """The pretrain stage's corpus as packed rows of `max_length` tokens, for `mix_corpus_rows`."""
+  path = Path(pretrain_path) / CORPUS
+  if not path.exists():
+    raise PretrainError(f"{path}: no corpus; LlmStageOptions.corpus_mix needs the pretrain "
+                        "stage enabled (PretrainOptions.enabled = True)")
+  documents = [d for d in path.read_text().split("\n") if d.strip()]
+  return document_rows(tokenizer, documents, max_length)
 
 
 def _write_disabled(path: Path) -> dict[str, Any]:
@@ -151,7 +224,8 @@ def pretrain_stage(ctx: stages.StageContext) -> dict[str, Any]:
   transitions = NovelTransitions.load(ctx.input_path("transitions") /
                                       transitions_stage.TRANSITIONS)
   prompts = tokenizer_lib.sentencepiece_corpus(descriptions, transitions.k)
-  tokenizer = tokenizer_lib.train_sentencepiece(documents + prompts, ctx.path / TOKENIZER,
+  tokenizer = tokenizer_lib.train_sentencepiece(tokenizer_text(documents) + prompts,
+                                                ctx.path / TOKENIZER,
                                                 options.vocab_size)
   check_covers(tokenizer, descriptions, "the description of cluster")
   tokenizer_lib.check_descriptions_tokenize_uniquely(tokenizer, descriptions)

@@ -85,6 +85,10 @@ class LlmStageOptions:
     rare_max: test tuples seen 1..rare_max times in train are 'rare'.
     train_epochs: train for this many passes over the packed rows instead of
       `TrainerConfig.train_steps` (None), so the length scales with the data.
+    corpus_mix: add this fraction (of the fine-tuning rows' number) of the
+      pretrain stage's corpus rows to the fine-tuning rows, so that
+      fine-tuning does not erase what pretraining taught
+      (`pretrain_stage.mix_corpus_rows`); 0: none. Needs the pretrain stage.
   """
 
   pretrained_checkpoint: str | None = None
@@ -93,6 +97,7 @@ class LlmStageOptions:
   prompts_per_chunk: int | None = None
   rare_max: int = 4
   train_epochs: float | None = None
+  corpus_mix: float = 0.0
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -102,6 +107,8 @@ class LlmStageOptions:
       raise LlmStageError(f"LlmStageOptions.rare_max={self.rare_max} must be >= 1")
     if self.train_epochs is not None and not self.train_epochs > 0:
       raise LlmStageError(f"LlmStageOptions.train_epochs={self.train_epochs} must be > 0 or None")
+    if not self.corpus_mix >= 0:
+      raise LlmStageError(f"LlmStageOptions.corpus_mix={self.corpus_mix} must be >= 0")
 
 
 def load_metrics(stage_path: Path) -> dict[str, Any]:
@@ -237,6 +244,10 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
                                     allow_padding=start is not None)
   arrays = features.novel_interest_arrays(
       transitions_path / transitions_stage.TASK_SOURCE / "train.tsv", tokenizer)
+  if options.corpus_mix > 0:
+    arrays = pretrain_stage.mix_corpus_rows(arrays, pretrain_stage.load_corpus_rows(
+        ctx.input_path(pretrain_stage.PRETRAIN), tokenizer,
+        arrays[decoder_task.TARGETS].shape[1]), options.corpus_mix, seed=ctx.seed)
   # Examples start with seqio's 0, or with a pretrained model's own BOS token.
   bos_id = start.bos_id if start is not None and start.bos_id is not None else features.BOS_ID
   if bos_id != features.BOS_ID:
