@@ -41,7 +41,8 @@ flags.DEFINE_integer("batch", 1024, "Rows per batch call.")
 flags.DEFINE_integer("batches", 10, "Timed batch calls.")
 flags.DEFINE_integer("requests", 2000, "HTTP requests in the load test (0 skips it).")
 flags.DEFINE_integer("concurrency", 16, "Concurrent HTTP clients.")
-flags.DEFINE_string("out", None, "Write the results here as JSON.")
+if "out" not in FLAGS:  # explore.main's `explore export --out` may be defined first (tests)
+  flags.DEFINE_string("out", None, "Write the results here as JSON.")
 
 
 def planner_table(planner, num_clusters: int, k: int, top_n: int, fingerprints=None,
