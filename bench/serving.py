@@ -12,7 +12,10 @@ table's contents do not change serving's cost, only which clusters it names.
 Measures, on the host CPU:
   recommend      p50 / p99 ms of `Explorer.recommend_user` (stored user vector)
                  and `Explorer.recommend` (explicit history, encoded by the model)
-  batch          users/s of `recommend_users` and `recommend_batch` at --batch
+  batch          users/s of `recommend_users` (with the load-time regular
+                 candidates, and with a catalog scan per request) and
+                 `recommend_batch` at --batch
+  load           `Explorer.load` seconds, and the regular candidates' share
   http           --requests GET /api/recommend?user=... with --concurrency
                  clients over loopback (uvicorn in a thread): p50 / p99 ms, errors
 Prints a table and the JSON, and writes the JSON to --out.
@@ -20,6 +23,7 @@ Prints a table and the JSON, and writes the JSON to --out.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -117,11 +121,16 @@ def time_batch(explorer, batch: int, batches: int, seed: int = 0) -> dict[str, d
   """Throughput of batch calls on random logged users (and their histories, re-encoded).
 
   "explore_only" asks for exploration items only (n_regular=0), which skips the
-  regular slate's scan of the whole catalog.
+  regular slate's scan of the whole catalog; "catalog scan" serves logged users
+  with the load-time regular candidates off (`ServingConfig.regular_cache=0`),
+  as explicit histories are served.
   """
   rng = np.random.default_rng(seed)
+  scan = copy.copy(explorer)
+  scan.regular_cache = None
   out = {}
   for name, method, sizes in (("recommend_users", "recommend_users", {}),
+                              ("recommend_users catalog scan", "recommend_users", {}),
                               ("recommend_users explore_only", "recommend_users",
                                {"n_regular": 0}),
                               ("recommend_batch", "recommend_batch", {})):
@@ -129,7 +138,7 @@ def time_batch(explorer, batch: int, batches: int, seed: int = 0) -> dict[str, d
             for _ in range(batches + 1)]
     if method == "recommend_batch":
       rows = [[explorer.user_history(u) for u in r] for r in rows]
-    call = getattr(explorer, method)
+    call = getattr(scan if name.endswith("catalog scan") else explorer, method)
     call(rows[0], **sizes)  # warm-up
     start = time.perf_counter()
     for r in rows[1:]:
@@ -196,11 +205,15 @@ def main(argv) -> None:
   start = time.perf_counter()
   explorer = Explorer.load(FLAGS.run_dir, table)
   load_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  explorer.regular_candidates(explorer.config.regular_cache)  # the part of the load it took
+  cache_seconds = time.perf_counter() - start
   results = {"device": f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()},"
                        f" {os.cpu_count()} cores)",
              "run_dir": FLAGS.run_dir, "table": str(explorer.inputs.table_path),
              "users": len(explorer.users), "items": len(explorer.items),
              "clusters": explorer.num_clusters, "load_s": round(load_seconds, 2),
+             "regular_cache_s": round(cache_seconds, 2),
              "single": time_single(explorer, FLAGS.single),
              "batch": time_batch(explorer, FLAGS.batch, FLAGS.batches)}
   if FLAGS.requests:

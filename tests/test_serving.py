@@ -9,6 +9,7 @@ import pytest
 from explore.precompute.table import TableError, TupleTable
 from explore.serving import Explorer, ServingError, UnknownIdError
 from explore.serving import histories as histories_lib
+from explore.serving.config import ServingConfig
 from explore.serving import plan as plan_lib
 from explore.serving import slate as slate_lib
 from serving_fixtures import serving_run
@@ -146,6 +147,28 @@ def test_batch_rows_equal_single_calls_and_sizes_are_honoured(explorer):
     assert [e["kind"] for e in single["slate"]].count("explore") == 2
 
 
+def test_cached_regular_candidates_equal_a_catalog_scan(run, explorer):
+  uncached = Explorer.load(run[0], run[1], ServingConfig(regular_cache=0))
+  assert uncached.regular_cache is None
+  assert explorer.regular_cache[1].shape == (len(explorer.user_vectors), 32)
+  users = explorer.users.ids[:40]
+  for sizes in ({}, {"n_explore": 2, "n_regular": 5}, {"n_explore": 20, "n_regular": 30}):
+    cached, scanned = explorer.recommend_users(users, **sizes), uncached.recommend_users(
+        users, **sizes)
+    np.testing.assert_array_equal(cached.mixed.items, scanned.mixed.items)
+    np.testing.assert_array_equal(cached.mixed.regular_scores, scanned.mixed.regular_scores)
+  # A cached candidate is never an item of the user's log.
+  for row in range(10):
+    logged = explorer.log.items[explorer.log.offsets[row]:explorer.log.offsets[row + 1]]
+    assert not set(logged) & set(explorer.regular_cache[1][row].tolist())
+
+
+@pytest.mark.parametrize("bad", [-1, 201, 2.0, True])
+def test_regular_cache_size_is_checked(bad):
+  with pytest.raises(ServingError, match="ServingConfig.regular_cache"):
+    ServingConfig(regular_cache=bad)
+
+
 def test_one_item_history_uses_the_shorter_history_fallback_and_names_it(explorer):
   result = explorer.recommend([explorer.items.ids[0]])
   assert result["plan_source"].startswith("table_suffix")
@@ -223,3 +246,12 @@ def test_precompute_stage_table_is_served_until_an_input_stage_is_remade(run, tm
   precompute_with("0123456789abcdef")  # as if the planner's checkpoint had been retrained
   with pytest.raises(TableError, match="stage\\(s\\) transitions were remade since"):
     Explorer.load(run_dir)
+
+
+def test_serving_benchmark_times_the_cached_and_scanning_batch_paths(explorer):
+  from serving_fixtures import serving_bench  # pylint: disable=g-import-not-at-top
+  rows = serving_bench.time_batch(explorer, batch=8, batches=1)
+  assert set(rows) == {"recommend_users", "recommend_users catalog scan",
+                       "recommend_users explore_only", "recommend_batch"}
+  assert all(row["users_per_s"] > 0 for row in rows.values())
+  assert explorer.regular_cache is not None  # the scanning row used a copy without it

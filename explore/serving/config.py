@@ -21,6 +21,12 @@ class ServingConfig:
   plan_clusters: novel clusters planned per history (each gets its own items).
   implementation: the `RestrictedRetriever` implementation.
   max_batch: rows per jitted call (batches are padded to powers of two up to it).
+  regular_cache: regular candidates kept per logged user, computed once at load
+    (the top-`regular_cache` by u . v over the catalog, the user's logged items
+    excluded: exactly what a request would compute). A logged user's request that
+    needs at most that many (n_regular + n_explore) reads them instead of
+    scanning the catalog; explicit histories always scan. 0 turns it off (no
+    load cost: about one full-slate batch per 1,024 logged users).
   """
 
   n_explore: int = 3
@@ -28,9 +34,14 @@ class ServingConfig:
   plan_clusters: int = 3
   implementation: str = "contiguous"
   max_batch: int = 1024
+  regular_cache: int = 32
 
   def __post_init__(self):
     check_sizes(self.n_explore, self.n_regular)
+    if (isinstance(self.regular_cache, bool) or not isinstance(self.regular_cache, int)
+        or not 0 <= self.regular_cache <= 2 * MAX_SLATE):
+      raise ServingError(f"ServingConfig.regular_cache={self.regular_cache!r} must be an "
+                         f"integer in [0, {2 * MAX_SLATE}]")
     if not isinstance(self.plan_clusters, int) or not 1 <= self.plan_clusters <= MAX_SLATE:
       raise ServingError(f"ServingConfig.plan_clusters={self.plan_clusters!r} must be in "
                          f"[1, {MAX_SLATE}]")

@@ -81,6 +81,8 @@ class Explorer:
     self.encoder = encoder.HistoryEncoder.load(
         inputs.seqrec_path, inputs.seqrec_config, int(vectors.meta["step"]),
         self.item_to_cluster, self.config.max_batch)
+    self.regular_cache = self.regular_candidates(min(self.config.regular_cache,
+                                                      len(self.item_vectors)))
 
   @classmethod
   def load(cls, run_dir: str | os.PathLike, table: str | os.PathLike | None = None,
@@ -118,13 +120,26 @@ class Explorer:
     users = self.users.dense(user_ids)
     if not len(users):
       raise ServingError("no user ids given")
+    return self._slates(self._logged(users), self.user_vectors[users], users, n_explore,
+                        n_regular)
+
+  def _logged(self, users: np.ndarray) -> Histories:
+    """The logged histories of dense users [B], as a batch."""
     lengths = self.log.lengths[users]
     starts = self.log.offsets[users]
     index = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + \
         np.arange(int(lengths.sum()))  # [T] positions in the log
-    batch = Histories(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                      self.log.items[index], self.log.engaged[index])
-    return self._slates(batch, self.user_vectors[users], users, n_explore, n_regular)
+    return Histories(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                     self.log.items[index], self.log.engaged[index])
+
+  def regular_candidates(self, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """([U, width] scores, ids): every logged user's regular top-`width`, or None if 0."""
+    if width <= 0:
+      return None
+    parts = [self._regular(self.user_vectors[rows], self._logged(rows).seen_matrix(), width)
+             for rows in np.array_split(np.arange(len(self.user_vectors)),
+                                        max(1, -(-len(self.user_vectors) // 4096)))]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
   def user_history(self, user_id) -> list:
     """A logged user's items (original ids, oldest first)."""
@@ -147,7 +162,12 @@ class Explorer:
     ids = ids.reshape(b, c, per_cluster)
     explore_ids, explore_scores, explore_clusters = slate_lib.round_robin(
         ids, scores, plan.clusters, n_explore)
-    if n_regular:
+    wanted = min(n_regular + n_explore, len(self.item_vectors))
+    if n_regular and self.regular_cache is not None and wanted <= self.regular_cache[0].shape[1] \
+        and (user_rows >= 0).all():  # logged users: their catalog scan was done at load
+      regular_scores = self.regular_cache[0][user_rows, :wanted]
+      regular_ids = self.regular_cache[1][user_rows, :wanted]
+    elif n_regular:
       regular_scores, regular_ids = self._regular(users, seen, n_regular + n_explore)
     else:  # exploration only: skip the full-catalog scan
       regular_scores, regular_ids = np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int32)
