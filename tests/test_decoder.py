@@ -253,6 +253,22 @@ def test_rows_over_a_shared_prefix_decode_like_rows_holding_a_copy(family, llama
   assert int(own.index) == 3 and own.keys[0].shape[1] == 3  # the rows hold outputs only
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_logits_at_one_position_equal_that_position_of_the_full_logits(family, llama, gemma):
+  model = llama if family == "llama" else gemma
+  prompts = _tokens((3, 6), seed=12)
+  padding = jnp.arange(6)[None, :] < jnp.asarray([6, 4, 1])[:, None]
+  positions = jnp.broadcast_to(jnp.arange(6), (3, 6))
+  last = jnp.asarray([5, 3, 0])
+  full, full_cache = model.decode(prompts, model.init_cache(3, 8), positions, padding_mask=padding)
+  one, one_cache = model.decode(prompts, model.init_cache(3, 8), positions, padding_mask=padding,
+                                logits_at=last)
+  assert one.shape == (3, 1, full.shape[-1])
+  np.testing.assert_allclose(one[:, 0], full[jnp.arange(3), last], atol=1e-5, rtol=1e-5)
+  for a, b in zip(full_cache.keys + full_cache.values, one_cache.keys + one_cache.values):
+    np.testing.assert_array_equal(a, b)  # the cache does not depend on which logits are read
+
+
 # ----------------------------------------------------------------------------
 # Precision, remat, sharding
 

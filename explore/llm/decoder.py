@@ -186,8 +186,8 @@ class Decoder(nnx.Module):
         index=jnp.zeros((), jnp.int32))
 
   def decode(self, tokens: jax.Array, cache: KVCache, positions: jax.Array,
-             padding_mask: jax.Array | None = None, prefix: KVCache | None = None
-             ) -> tuple[jax.Array, KVCache]:
+             padding_mask: jax.Array | None = None, prefix: KVCache | None = None,
+             logits_at: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
     """Runs T new tokens per row against the cache (prefill when T > 1).
 
     Args:
@@ -199,8 +199,12 @@ class Decoder(nnx.Module):
       prefix: a cache of b rows (b divides B; its index is ignored) that rows
         i * B / b .. (i + 1) * B / b - 1 also attend to, before their own slots:
         the prompt, encoded once, shared by the beams decoding from it.
+      logits_at: [B] int, the one position per row whose logits are wanted
+        (a prefill that reads only the prompt's last token): the unembedding
+        then runs on B rows instead of B x T.
     Returns:
-      [B, T, V] float32 logits and the updated cache (index advanced by T).
+      [B, T, V] float32 logits ([B, 1, V] with `logits_at`) and the updated
+      cache (index advanced by T).
     """
     tokens = jnp.asarray(tokens)
     batch, length = tokens.shape
@@ -220,6 +224,8 @@ class Decoder(nnx.Module):
       values.append(v)
     new_cache = KVCache(keys=tuple(keys), values=tuple(values), valid=valid,
                         index=cache.index + length)
+    if logits_at is not None:
+      x = x[jnp.arange(batch), logits_at][:, None]  # [B, 1, D]
     return self._logits(x), new_cache
 
   def decode_step(self, tokens: jax.Array, cache: KVCache, positions: jax.Array,

@@ -68,8 +68,9 @@ def prefill(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array, extra
   real = jnp.arange(p + 1)[None, :] <= prompt_lengths[:, None]  # [b, P + 1]
   cache = model.init_cache(b, p + 1 + extra_slots, dtype=jnp.float32)
   positions = jnp.broadcast_to(jnp.arange(p + 1), (b, p + 1))
-  logits, cache = model.decode(inputs, cache, positions, padding_mask=real)  # [b, P + 1, V]
-  return jax.nn.log_softmax(logits[jnp.arange(b), prompt_lengths]), cache
+  logits, cache = model.decode(inputs, cache, positions, padding_mask=real,
+                               logits_at=prompt_lengths)  # [b, 1, V]
+  return jax.nn.log_softmax(logits[:, 0]), cache
 
 
 def _score_chunk(model: Decoder, prompts: jax.Array, prompt_lengths: jax.Array,
