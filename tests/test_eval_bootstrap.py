@@ -52,3 +52,18 @@ def test_llm_minus_best_count_picks_the_better_count_planner():
   assert out["all"]["difference"] == 1.0 and out["unseen"]["low"] == 1.0
   with pytest.raises(bootstrap.BootstrapError, match="no scores for planners"):
     bootstrap.llm_minus_best_count(transitions, {"llm": hit_all}, test)
+
+
+def test_paired_buckets_compares_two_planners_in_every_bucket():
+  transitions = hand_made_transitions()
+  test = transitions.indices(TEST)
+  hit_all = np.array([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [1.0, 0, 0, 0]])  # truth 3, 0, 0
+  miss_all = np.array([[0, 0, 1.0, 0], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+  out = bootstrap.paired_buckets(transitions, hit_all, miss_all, test, k=1, samples=100)
+  assert (out["all"]["a"], out["all"]["b"], out["all"]["difference"]) == (1.0, 0.0, 1.0)
+  sizes = [out[b]["examples"] for b in ("unseen", "rare", "frequent")]
+  assert sum(sizes) == len(test) and out["unseen"]["examples"] == 1
+  same = bootstrap.paired_buckets(transitions, hit_all, hit_all, test, k=1, samples=100)
+  assert same["all"]["difference"] == 0.0 and same["all"]["low"] == 0.0
+  with pytest.raises(bootstrap.BootstrapError, match="paired_buckets"):
+    bootstrap.paired_buckets(transitions, hit_all, miss_all[:2], test)

@@ -238,3 +238,21 @@ def test_export_imports_back_to_the_same_weights(tmp_path):
   tokens = np.array([[0, 3, 4, 5]], np.int32)
   np.testing.assert_allclose(np.asarray(imported.model(tokens)), np.asarray(model(tokens)),
                              rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("run_file", ["quickstart.gin", "llm/pretrain_taskform.gin",
+                                      "llm/pretrain_taskform_control.gin"])
+def test_sparse_world_binds_after_a_run_file(run_file, tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from explore.data.synthetic_config import SyntheticConfig  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_config.parse_gin([run_file, "sparse_world.gin"], [f"RUN_DIR = '{tmp_path}'"])
+    world = SyntheticConfig()
+    assert (world.num_users, world.num_items, world.explore_rate, world.discovery_rate,
+            world.hidden_from_affinity) == (1000, 5000, 0.02, 0.06, 1.0)
+    assert gin.query_parameter("%NUM_CLUSTERS") == 256  # the run file's settings stay
+    if "control" in run_file:
+      assert gin.query_parameter("CorpusConfig.control") is True
+  finally:
+    gin.clear_config()

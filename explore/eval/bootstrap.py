@@ -7,7 +7,9 @@ differences is the confidence interval. Pairing removes the variance the
 planners share (easy and hard examples), so the interval is much narrower
 than one from two independent intervals.
 
-`llm_minus_best_count` is the comparison the planner's case rests on: the
+`paired_buckets` compares any two planners (e.g. the LLMs of two runs on the
+same test examples) overall and in each tuple bucket; `llm_minus_best_count`
+is the comparison the planner's case rests on: the
 LLM's hit@k minus the better count planner's (last-cluster or transition
 counts, whichever has the higher overall hit@k on these examples), overall
 and on the test tuples never seen in training.
@@ -83,4 +85,31 @@ def llm_minus_best_count(transitions: NovelTransitions, scores: Mapping[str, np.
   for bucket in ("all", "unseen"):
     keep = np.ones(len(examples), bool) if bucket == "all" else buckets == bucket
     out[bucket] = paired_difference_ci(hits[llm][keep], hits[best][keep], samples, 0.95, seed)
+  return out
+
+
+def paired_buckets(transitions: NovelTransitions, scores_a: np.ndarray, scores_b: np.ndarray,
+                   examples: np.ndarray, k: int = 5, rare_max: int = 4, samples: int = 2000,
+                   seed: int = 0) -> dict:
+  """Paired bootstrap CIs of hit@k of planner a minus planner b, overall and per tuple bucket.
+
+  `scores_a` and `scores_b` are [n, M] scores of the same `examples`; buckets
+  (unseen / rare / frequent) by how often each example's history tuple occurs
+  in training, as `hit_rate.evaluate_planners` counts them.
+  """
+  examples = np.asarray(examples, np.int64)
+  if np.shape(scores_a) != np.shape(scores_b) or len(scores_a) != len(examples):
+    raise BootstrapError(f"paired_buckets: scores {np.shape(scores_a)} and {np.shape(scores_b)} "
+                         f"must both be [n={len(examples)}, M]")
+  mask = transitions.previously_engaged_mask(examples)  # [n, M]
+  truth = transitions.next_cluster[examples]  # [n]
+  hits_a = hit_rate.novel_ranks(scores_a, truth, mask) < k  # [n]
+  hits_b = hit_rate.novel_ranks(scores_b, truth, mask) < k
+  buckets = hit_rate.bucket_of(hit_rate.tuple_train_counts(transitions, examples), rare_max)
+  out = {"k": k, "level": 0.95}
+  for bucket in ("all", "unseen", "rare", "frequent"):
+    keep = np.ones(len(examples), bool) if bucket == "all" else buckets == bucket
+    out[bucket] = {"a": float(hits_a[keep].mean()) if keep.any() else None,
+                   "b": float(hits_b[keep].mean()) if keep.any() else None,
+                   **paired_difference_ci(hits_a[keep], hits_b[keep], samples, 0.95, seed)}
   return out
