@@ -15,6 +15,7 @@ from explore import stages
 from explore.eval import planners as planners_lib
 from explore.llm import planner as planner_lib
 from explore.llm import stage as llm_stage
+from explore.transitions import stage as transitions_stage
 
 stages.load_builtin_stages()
 
@@ -132,3 +133,9 @@ def test_eval_examples_are_saved_for_later_stages(trained):
   examples, rare_max = llm_stage.load_eval_examples(trained[0])
   metrics = llm_stage.load_metrics(trained[0])
   assert len(examples) == metrics["evaluated_examples"] == 40 and rare_max == 4
+  # The LLM's exact scores of those examples are kept, equal to the reopened planner's.
+  kept = llm_stage.load_eval_scores(trained[0])
+  planner = llm_stage.load_planner(trained[0])
+  transitions = transitions_stage.load_transitions(trained[0].parent / "transitions")
+  assert kept.shape == (40, planner.num_clusters)
+  np.testing.assert_allclose(kept, planner.scores(transitions.history[examples]), atol=1e-4)

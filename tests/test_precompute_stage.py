@@ -87,6 +87,40 @@ def test_table_covers_every_tuple_with_novel_clusters(trained, tmp_path):
   assert metrics["planners"]["table"] == metrics["planners"]["exact"]
   assert metrics["hit@5_table_minus_exact"] == 0.0
   assert metrics["shards"] == 10 and metrics["shards_planned"] == 10
+  # The evaluated test tuples' exact scores come from the llm stage; only the sample is scored.
+  examples, _ = llm_stage.load_eval_examples(run.complete_path("llm"))
+  history = np.unique(np.asarray(_test_history(run, examples)), axis=0)
+  assert metrics["exact_tuples_scored"] == metrics["agreement"]["tuples"] - len(history)
+
+
+def _test_history(run, examples):
+  from explore.transitions import stage as transitions_stage  # pylint: disable=g-import-not-at-top
+  return transitions_stage.load_transitions(run.complete_path("transitions")).history[examples]
+
+
+class _CountingPlanner:
+  num_clusters = 4
+
+  def __init__(self):
+    self.rows = 0
+
+  def scores(self, history):
+    self.rows += len(history)
+    return np.asarray(history, np.float32).sum(1, keepdims=True) + np.arange(4, dtype=np.float32)
+
+
+def test_exact_scores_reads_the_llm_stages_scores_and_scores_only_the_rest():
+  history = np.array([[0, 1], [2, 3], [0, 1]])
+  kept = np.array([[9, 9, 9, 9], [8, 8, 8, 8], [9, 9, 9, 9]], np.float32)
+  union = np.array([[0, 1], [1, 2], [2, 3], [3, 0]])
+  planner = _CountingPlanner()
+  exact, scored = precompute_stage.exact_scores(planner, union, history, kept)
+  assert scored == planner.rows == 2
+  np.testing.assert_array_equal(exact[[0, 2]], kept[[0, 1]])
+  np.testing.assert_array_equal(exact[[1, 3]], _CountingPlanner().scores(union[[1, 3]]))
+  exact, scored = precompute_stage.exact_scores(planner, union, history, None)
+  assert scored == 4 and planner.rows == 6
+  np.testing.assert_array_equal(exact, _CountingPlanner().scores(union))
 
 
 class _Killed(Exception):

@@ -13,7 +13,8 @@ source; writes into the stage folder:
   planner.json          the decoder config, bos id, K and descriptions, so
                         `load_planner` reopens the trained planner (see
                         `explore.llm.planner`) without rerunning the stage
-  eval_examples/        the test example indices evaluated (`load_eval_examples`)
+  eval_examples/        the test example indices evaluated (`load_eval_examples`) and the
+                        LLM's exact scores of them (`load_eval_scores`)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
                         and by unseen / rare / frequent test tuples; free-decode
                         validity (`explore.llm.free_decode`); train loss
@@ -179,10 +180,24 @@ def pretrained_inputs() -> dict[str, str]:
 EVAL_EXAMPLES = "eval_examples"
 
 
+# The LLM's [n, M] scores of the evaluated examples are kept up to this many entries (256 MB).
+MAX_SAVED_SCORES = 1 << 26
+
+
 def load_eval_examples(stage_path: Path) -> tuple[np.ndarray, int]:
   """(test example indices the stage evaluated, rare_max): later stages score the same ones."""
   arrays, meta, _ = artifacts.load_artifact(Path(stage_path) / EVAL_EXAMPLES, EVAL_EXAMPLES, 1)
   return arrays["examples"], int(meta["rare_max"])
+
+
+def load_eval_scores(stage_path: Path) -> np.ndarray | None:
+  """The exact scorer's [n, M] scores of `load_eval_examples`' examples, None if not kept.
+
+  Computed by the stage with its trained planner, so a later stage that
+  reopens the same checkpoint needs not score those examples again.
+  """
+  arrays, _, _ = artifacts.load_artifact(Path(stage_path) / EVAL_EXAMPLES, EVAL_EXAMPLES, 1)
+  return arrays.get("llm_scores")
 
 
 def _load_inputs(ctx: stages.StageContext) -> tuple[list[str], NovelTransitions, Path]:
@@ -293,14 +308,17 @@ def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: plann
   last-cluster counts (its weight tuned on a validation slice of train).
   """
   examples = eval_examples(transitions, options.max_eval_examples, ctx.seed)
-  artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1,
-                          {"examples": examples}, {"rare_max": options.rare_max})
   history = transitions.history[examples]  # [n, K]
   train_idx = transitions.indices(TRAIN)
   baselines = planners_lib.fit_baselines(transitions.history[train_idx],
                                          transitions.next_cluster[train_idx],
                                          transitions.num_clusters, seed=ctx.seed)
   scores = {LLM: planner.scores(history)}
+  kept = {"examples": examples}
+  if scores[LLM].size <= MAX_SAVED_SCORES:
+    kept["llm_scores"] = np.asarray(scores[LLM], np.float32)
+  artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1, kept,
+                          {"rare_max": options.rare_max})
   scores.update({name: baseline.scores(history) for name, baseline in baselines.items()})
   tuned = blend.tune_weight(transitions, planner.scores, max_examples=options.max_eval_examples,
                             seed=ctx.seed)

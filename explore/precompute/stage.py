@@ -167,16 +167,38 @@ def _finished_table(folder: Path, fingerprints: dict[str, str]) -> TupleTable | 
     return None
 
 
+def exact_scores(planner, union: np.ndarray, history: np.ndarray,
+                 history_scores: np.ndarray | None) -> tuple[np.ndarray, int]:
+  """([u, M] exact scores of the `union` tuples, how many were scored here).
+
+  Tuples of `history` whose scores the `llm` stage kept (`history_scores`,
+  [n, M], the same planner's) are read from them; the rest are scored.
+  """
+  known = {}
+  if history_scores is not None:
+    known = {row: i for i, row in enumerate(map(tuple, history.tolist()))}
+  todo = [i for i, row in enumerate(map(tuple, union.tolist())) if row not in known]
+  exact = np.empty((len(union), planner.num_clusters), np.float32)
+  for i, row in enumerate(map(tuple, union.tolist())):
+    if row in known:
+      exact[i] = history_scores[known[row]]
+  if todo:
+    exact[todo] = planner.scores(union[todo])
+  return exact, len(todo)
+
+
 def evaluate(table: TupleTable, planner, transitions, examples: np.ndarray, rare_max: int,
-             tuples: np.ndarray, options: PrecomputeOptions, seed: int) -> dict[str, Any]:
+             tuples: np.ndarray, options: PrecomputeOptions, seed: int,
+             history_scores: np.ndarray | None = None) -> dict[str, Any]:
   """Validity over every tuple, top-1 agreement and hit@k of the table vs the exact scorer.
 
   The exact scorer (O(M) candidates per tuple) runs once on the union of the
-  evaluated test tuples and the agreement sample; both measures read it.
+  evaluated test tuples and the agreement sample, except for the test tuples
+  whose scores the `llm` stage kept (`history_scores`); both measures read it.
   """
   history = transitions.history[examples]  # [n, K]
   union = quality.agreement_tuples(tuples, history, options.agreement_sample, seed)  # [u, K]
-  exact = planner.scores(union)  # [u, M]
+  exact, scored = exact_scores(planner, union, history, history_scores)  # [u, M]
   row_of = {row: i for i, row in enumerate(map(tuple, union.tolist()))}
   scores = {"table": table.planner_scores(history),
             "exact": exact[[row_of[row] for row in map(tuple, history.tolist())]]}
@@ -189,6 +211,7 @@ def evaluate(table: TupleTable, planner, transitions, examples: np.ndarray, rare
       "evaluated_examples": int(len(examples)),
       "validity": quality.output_validity(table, tuples),
       "agreement": quality.top1_agreement(table, union, exact_top1[:, 0]),
+      "exact_tuples_scored": scored,
       "hit@5_table_minus_exact": hit5["table"] - hit5["exact"],
   }
 
@@ -238,7 +261,8 @@ def precompute_stage(ctx: stages.StageContext) -> dict[str, Any]:
 
   clock.start()
   examples, rare_max = llm_stage.load_eval_examples(ctx.input_path("llm"))
-  metrics = evaluate(table, planner, transitions, examples, rare_max, tuples, options, ctx.seed)
+  metrics = evaluate(table, planner, transitions, examples, rare_max, tuples, options, ctx.seed,
+                     llm_stage.load_eval_scores(ctx.input_path("llm")))
   clock.stop("evaluate")
   seconds = clock.seconds
   metrics.update({"num_clusters": m, "k": k, "top_n": options.top_n,
