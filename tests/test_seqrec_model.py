@@ -1,5 +1,7 @@
 """The SASRec-style transformer: shapes, causality, padding, clusters, sharding, FLOPs."""
 
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -205,7 +207,24 @@ def test_normal_init_draws_every_weight_with_init_stddev_and_does_not_scale_inpu
     ("init", "xavier", "init='xavier' is not one of \\('scaled', 'normal'\\)"),
     ("init_stddev", 0.0, "init_stddev=0.0 must be a positive number"),
     ("layer_norm_epsilon", -1.0, "layer_norm_epsilon=-1.0 must be a positive number"),
+    ("positions", "relative", "positions='relative' is not one of \\('from_end', 'from_start'\\)"),
 ])
 def test_bad_norm_and_init_options_are_named(field, value, message):
   with pytest.raises(model_lib.SeqRecConfigError, match=message):
     SeqRecConfig(num_items=20, embed_dim=8, num_heads=2, **{field: value})
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_positions_from_start_give_each_position_the_state_of_its_own_prefix(norm):
+  # A row scored at every position: with positions counted from the oldest item, position t
+  # reads what the newest item of the prefix ending at t reads as a user's history (left-padded);
+  # counted from the end, the prefix's newest item gets another embedding than in the row.
+  row = jnp.array([[0, 4, 5, 6, 7, 8]])
+  prefixes = jnp.array([[0, 0, 0, 0, 4, 5], [0, 0, 0, 4, 5, 6], [0, 0, 4, 5, 6, 7]])
+  for positions, same in (("from_start", True), ("from_end", False)):
+    config = dataclasses.replace(TINY, norm=norm, positions=positions)
+    model = build_model(config)
+    states = model(row)[0]  # [L, D]
+    close = np.allclose(states[2:5], model.user_vectors(prefixes), rtol=1e-5, atol=1e-5)
+    assert close == same, positions
+    np.testing.assert_allclose(states[-1], model.user_vectors(row)[0], rtol=1e-6)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 PAD = 0
 NORMS = ("pre", "post")
+POSITIONS = ("from_end", "from_start")
 INITS = ("scaled", "normal")
 _MASKED = -1e9  # attention logit of a masked key: exp() underflows to 0, never NaN
 
@@ -55,6 +56,14 @@ class SeqRecConfig:
   `init`: "scaled" (weights N(0, 1/fan-in), item embeddings times sqrt(d) on
   input) or "normal" (every weight and embedding N(0, init_stddev), biases 0,
   no input scaling: RecBole's SASRec with 0.02).
+  `positions`: which learned position an input item gets. "from_end": counted
+  back from the row's last slot, so the newest item of every input has the last
+  embedding; "from_start": counted from the oldest item of the row (RecBole's
+  SASRec: the oldest of the newest `max_len` items is position 0). In training
+  rows scored at several positions (`SeqRecTraining.window_stride` < max_len),
+  "from_start" gives a scored position the embeddings it would have as the
+  newest item of its own prefix; "from_end" gives the newest item of a prefix
+  the embedding of its slot in the row.
   """
 
   num_items: int = 0
@@ -70,6 +79,7 @@ class SeqRecConfig:
   norm: str = "pre"  # "pre" | "post"
   init: str = "scaled"  # "scaled" | "normal"
   init_stddev: float = 0.02  # init="normal" only
+  positions: str = "from_end"  # "from_end" | "from_start"
 
   def __post_init__(self):
     def check(ok: bool, message: str):
@@ -91,6 +101,7 @@ class SeqRecConfig:
           f"num_clusters={self.num_clusters!r} must be a non-negative integer")
     check(self.norm in NORMS, f"norm={self.norm!r} is not one of {NORMS}")
     check(self.init in INITS, f"init={self.init!r} is not one of {INITS}")
+    check(self.positions in POSITIONS, f"positions={self.positions!r} is not one of {POSITIONS}")
     check(isinstance(self.init_stddev, (int, float)) and self.init_stddev > 0,
           f"init_stddev={self.init_stddev!r} must be a positive number")
     check(isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0,
@@ -271,8 +282,13 @@ class SeqRecModel(nnx.Module):
       if clusters is None:
         raise SeqRecConfigError("SeqRecModel: num_clusters > 0 but no cluster ids were given")
       x = x + jnp.take(self.clusters[...], clusters, axis=0) * (clusters != PAD)[..., None]
-    # Positions count back from the end, so the newest item always has the last embedding.
-    x = x + self.positions[...][self.config.max_len - length:]  # [B, L, D]
+    if self.config.positions == "from_end":
+      # Positions count back from the end, so the newest item always has the last embedding.
+      x = x + self.positions[...][self.config.max_len - length:]  # [B, L, D]
+    else:
+      # Positions count from the oldest item of the (left-padded) row.
+      index = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)  # [B, L]
+      x = x + jnp.take(self.positions[...], index, axis=0)  # [B, L, D]
     if self.input_norm is not None:
       x = self.input_norm(x)
     x = self.input_dropout(x, deterministic=not train) * valid[..., None]
