@@ -61,9 +61,9 @@ class SeqRecConfig:
   embedding; "from_start": counted from the oldest item of the row (RecBole's
   SASRec: the oldest of the newest `max_len` items is position 0). In training
   rows scored at several positions (`SeqRecTraining.window_stride` < max_len),
-  "from_start" gives a scored position the embeddings it would have as the
-  newest item of its own prefix; "from_end" gives the newest item of a prefix
-  the embedding of its slot in the row.
+  "from_start" gives a scored position the state its prefix (as far as the row
+  holds it) would get as a user history; "from_end" gives the newest item of
+  a prefix the embedding of its slot in the row, not the last one.
   """
 
   num_items: int = 0
