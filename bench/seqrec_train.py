@@ -11,6 +11,7 @@ the trainer's own loss fetch). It prints one line per config and writes JSON to
 
   python3 bench/seqrec_train.py --out=/tmp/seqrec_train_cpu.json
   python3 bench/seqrec_train.py --configs=movielens --steps=100 --out=$OUT/seqrec_train.json
+  python3 bench/seqrec_train.py --configs=movielens,movielens_preln --steps=20  # the layouts
 
 With cluster embeddings on (the quickstart default) the clusters stage is not
 run: every item gets cluster `item % num_clusters`, which costs the same as the
@@ -45,6 +46,7 @@ from explore.seqrec.task import SoftmaxConfig
 # name -> (gin files, number of clusters of the run file's exploration level)
 CONFIGS = {
     "movielens": (("movielens.gin", "seqrec/movielens_sasrec.gin"), 128),
+    "movielens_preln": (("movielens.gin", "seqrec/movielens_sasrec_preln.gin"), 128),
     "quickstart": (("quickstart.gin", "seqrec/quickstart.gin"), 256),
 }
 

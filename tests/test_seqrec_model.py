@@ -1,5 +1,7 @@
 """The SASRec-style transformer: shapes, causality, padding, clusters, sharding, FLOPs."""
 
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -110,3 +112,119 @@ def test_params_carry_logical_axes():
   assert axes["items/table"] == ("items", "embed")
   assert axes["blocks/0/attention/q"] == ("embed", "heads", "kv")
   assert axes["blocks/1/mlp/up"] == ("embed", "mlp")
+
+
+POST = SeqRecConfig(num_items=20, max_len=6, embed_dim=8, num_blocks=2, num_heads=2, mlp_dim=12,
+                    dropout=0.3, item_rows_multiple=8, norm="post", init="normal",
+                    layer_norm_epsilon=1e-12)
+
+
+def _reference_post_ln(model, tokens: np.ndarray, epsilon: float) -> np.ndarray:
+  """RecBole's SASRec forward in numpy (eval mode), from the model's weights."""
+  p = jax.tree_util.tree_map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+  def layer_norm(x, norm):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + epsilon) * norm["scale"] + norm["bias"]
+
+  def gelu(x):  # the tanh approximation, as jax.nn.gelu
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+  valid = tokens != 0
+  length = tokens.shape[1]
+  x = p["items"]["table"][tokens] * valid[..., None] + p["positions"][-length:]
+  x = layer_norm(x, p["input_norm"]) * valid[..., None]
+  for block in p["blocks"].values():
+    att = block["attention"]
+    q = np.einsum("btd,dhk->bhtk", x, att["q"])
+    k = np.einsum("bsd,dhk->bhsk", x, att["k"])
+    v = np.einsum("bsd,dhk->bhsk", x, att["v"])
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    allowed = np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None, :]
+    logits = np.where(allowed, logits, -1e9)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    attended = np.einsum("bhts,bhsk,hkd->btd", weights, v, att["out"])
+    x = layer_norm(x + attended, block["attention_norm"])
+    mlp = block["mlp"]
+    hidden = gelu(x @ mlp["up"] + mlp["up_bias"]) @ mlp["down"] + mlp["down_bias"]
+    x = layer_norm(x + hidden, block["mlp_norm"]) * valid[..., None]
+  return x
+
+
+def test_post_ln_forward_matches_a_hand_written_reference():
+  model = build_model(POST)
+  # Move the norms off their identity init so that their scales and biases are exercised.
+  rng = np.random.default_rng(0)
+  for path, variable in nnx.iter_graph(model):
+    if isinstance(variable, nnx.Param) and any("norm" in str(k) for k in path):
+      variable.value = jnp.asarray(rng.normal(1.0 if path[-1] == "scale" else 0.0, 0.1,
+                                              variable.shape), jnp.float32)
+  expected = _reference_post_ln(model, np.asarray(HISTORIES), POST.layer_norm_epsilon)
+  np.testing.assert_allclose(model(HISTORIES), expected, rtol=2e-4, atol=2e-4)
+  assert model.final_norm is None and model.input_norm is not None
+
+
+def test_pre_ln_keeps_its_parameters_and_post_ln_swaps_the_final_norm_for_an_input_norm():
+  def names(config):
+    return {jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in
+            jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(
+                build_model(config), nnx.Param)))[0]}
+  pre, post = names(TINY), names(POST)
+  assert "final_norm/scale" in pre and "input_norm/scale" not in pre
+  assert pre - post == {"final_norm/scale", "final_norm/bias"}
+  assert post - pre == {"input_norm/scale", "input_norm/bias"}
+
+
+def test_post_ln_has_no_dropout_inside_the_mlp():
+  model = build_model(POST)
+  x = jnp.ones((1, 6, 8))
+  np.testing.assert_array_equal(model.blocks[0].mlp(x, train=True),
+                                model.blocks[0].mlp(x, train=False))
+  pre = build_model(TINY)
+  assert not np.allclose(pre.blocks[0].mlp(x, train=True), pre.blocks[0].mlp(x, train=False))
+
+
+def test_normal_init_draws_every_weight_with_init_stddev_and_does_not_scale_inputs():
+  config = SeqRecConfig(num_items=2000, max_len=50, embed_dim=64, num_blocks=1, num_heads=2,
+                        mlp_dim=256, init="normal", init_stddev=0.05, dropout=0.0)
+  model = build_model(config)
+  for weight in (model.items.table, model.positions, model.blocks[0].attention.q,
+                 model.blocks[0].attention.out, model.blocks[0].mlp.up, model.blocks[0].mlp.down):
+    assert abs(float(jnp.std(weight[...])) - 0.05) < 0.005
+  tokens = jnp.array([[1, 2]])
+  np.testing.assert_allclose(model.items.encode(tokens)[0], model.items.table[...][1:3])
+  scaled = build_model(SeqRecConfig(num_items=2000, embed_dim=64, num_heads=2, mlp_dim=256))
+  assert abs(float(jnp.std(scaled.items.table[...])) - 1 / 8) < 0.01
+  assert abs(float(jnp.std(scaled.blocks[0].mlp.down[...])) - 1 / 16) < 0.005
+  np.testing.assert_allclose(scaled.items.encode(tokens)[0], scaled.items.table[...][1:3] * 8,
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("norm", "rms", "norm='rms' is not one of \\('pre', 'post'\\)"),
+    ("init", "xavier", "init='xavier' is not one of \\('scaled', 'normal'\\)"),
+    ("init_stddev", 0.0, "init_stddev=0.0 must be a positive number"),
+    ("layer_norm_epsilon", -1.0, "layer_norm_epsilon=-1.0 must be a positive number"),
+    ("positions", "relative", "positions='relative' is not one of \\('from_end', 'from_start'\\)"),
+])
+def test_bad_norm_and_init_options_are_named(field, value, message):
+  with pytest.raises(model_lib.SeqRecConfigError, match=message):
+    SeqRecConfig(num_items=20, embed_dim=8, num_heads=2, **{field: value})
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_positions_from_start_give_each_position_the_state_of_its_own_prefix(norm):
+  # A row scored at every position: with positions counted from the oldest item, position t
+  # reads what the newest item of the prefix ending at t reads as a user's history (left-padded);
+  # counted from the end, the prefix's newest item gets another embedding than in the row.
+  row = jnp.array([[0, 4, 5, 6, 7, 8]])
+  prefixes = jnp.array([[0, 0, 0, 0, 4, 5], [0, 0, 0, 4, 5, 6], [0, 0, 4, 5, 6, 7]])
+  for positions, same in (("from_start", True), ("from_end", False)):
+    config = dataclasses.replace(TINY, norm=norm, positions=positions)
+    model = build_model(config)
+    states = model(row)[0]  # [L, D]
+    close = np.allclose(states[2:5], model.user_vectors(prefixes), rtol=1e-5, atol=1e-5)
+    assert close == same, positions
+    np.testing.assert_allclose(states[-1], model.user_vectors(row)[0], rtol=1e-6)

@@ -1,8 +1,14 @@
 """SASRec-style causal transformer over a user's item history (Flax NNX).
 
 Kang & McAuley (2018): items (and optionally their interest clusters) are
-embedded, learned positions added, and N pre-LayerNorm causal self-attention
-blocks read the history left to right. The hidden state at position t is the
+embedded, learned positions added, and N causal self-attention blocks read the
+history left to right. Two block layouts (`SeqRecConfig.norm`): "pre" (this
+project's default: LayerNorm before each sublayer, a final LayerNorm) and
+"post" (RecBole's SASRec: LayerNorm of the input embeddings, then
+x = LN(x + dropout(sublayer(x))) after each sublayer, no dropout inside the
+MLP). Two initialisations (`SeqRecConfig.init`): "scaled" (std 1/sqrt(fan-in),
+item embeddings times sqrt(d) on input) and "normal" (every weight
+N(0, init_stddev), biases 0, inputs unscaled: RecBole's 0.02). The hidden state at position t is the
 user's vector after t; scoring an item is a dot product with the same item
 table that embeds the inputs (shared input/output embedding). Histories are
 left-padded, so the last position always holds the most recent item and its
@@ -25,6 +31,9 @@ import jax
 import jax.numpy as jnp
 
 PAD = 0
+NORMS = ("pre", "post")
+POSITIONS = ("from_end", "from_start")
+INITS = ("scaled", "normal")
 _MASKED = -1e9  # attention logit of a masked key: exp() underflows to 0, never NaN
 
 
@@ -40,6 +49,21 @@ class SeqRecConfig:
   `num_items` is the catalog size; the `seqrec` stage fills it from the data.
   `num_clusters` > 0 adds a learned embedding of each input item's interest
   cluster (cluster ids 1..num_clusters, 0 padding) to the item embedding.
+
+  `norm`: "pre" (LayerNorm before each sublayer, final LayerNorm, inputs not
+  normalised) or "post" (RecBole's SASRec: LayerNorm(items + positions), then
+  LayerNorm after each residual; the MLP has no inner dropout).
+  `init`: "scaled" (weights N(0, 1/fan-in), item embeddings times sqrt(d) on
+  input) or "normal" (every weight and embedding N(0, init_stddev), biases 0,
+  no input scaling: RecBole's SASRec with 0.02).
+  `positions`: which learned position an input item gets. "from_end": counted
+  back from the row's last slot, so the newest item of every input has the last
+  embedding; "from_start": counted from the oldest item of the row (RecBole's
+  SASRec: the oldest of the newest `max_len` items is position 0). In training
+  rows scored at several positions (`SeqRecTraining.window_stride` < max_len),
+  "from_start" gives a scored position the state its prefix (as far as the row
+  holds it) would get as a user history; "from_end" gives the newest item of
+  a prefix the embedding of its slot in the row, not the last one.
   """
 
   num_items: int = 0
@@ -52,6 +76,10 @@ class SeqRecConfig:
   num_clusters: int = 0
   item_rows_multiple: int = 128
   layer_norm_epsilon: float = 1e-6
+  norm: str = "pre"  # "pre" | "post"
+  init: str = "scaled"  # "scaled" | "normal"
+  init_stddev: float = 0.02  # init="normal" only
+  positions: str = "from_end"  # "from_end" | "from_start"
 
   def __post_init__(self):
     def check(ok: bool, message: str):
@@ -71,6 +99,13 @@ class SeqRecConfig:
     check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout!r} must be in [0, 1)")
     check(isinstance(self.num_clusters, int) and self.num_clusters >= 0,
           f"num_clusters={self.num_clusters!r} must be a non-negative integer")
+    check(self.norm in NORMS, f"norm={self.norm!r} is not one of {NORMS}")
+    check(self.init in INITS, f"init={self.init!r} is not one of {INITS}")
+    check(self.positions in POSITIONS, f"positions={self.positions!r} is not one of {POSITIONS}")
+    check(isinstance(self.init_stddev, (int, float)) and self.init_stddev > 0,
+          f"init_stddev={self.init_stddev!r} must be a positive number")
+    check(isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0,
+          f"layer_norm_epsilon={self.layer_norm_epsilon!r} must be a positive number")
 
   @property
   def vocab_size(self) -> int:
@@ -85,6 +120,15 @@ class SeqRecConfig:
   def hidden_dim(self) -> int:
     return self.mlp_dim or self.embed_dim
 
+  def stddev(self, fan_in: int) -> float:
+    """Initial std of a weight (or embedding) read with `fan_in` inputs."""
+    return self.init_stddev if self.init == "normal" else 1.0 / math.sqrt(fan_in)
+
+  @property
+  def input_scale(self) -> float:
+    """Factor of the item embeddings on input: sqrt(d) for "scaled", 1 for "normal"."""
+    return math.sqrt(self.embed_dim) if self.init == "scaled" else 1.0
+
 
 def _init(stddev: float, axes: tuple[str | None, ...]):
   return nnx.with_partitioning(nnx.initializers.normal(stddev), axes)
@@ -95,14 +139,14 @@ class ItemEmbedder(nnx.Module):
 
   def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
     self.num_items = config.num_items
-    self.embed_dim = config.embed_dim
-    init = _init(1.0 / math.sqrt(config.embed_dim), ("items", "embed"))
+    self.input_scale = config.input_scale
+    init = _init(config.stddev(config.embed_dim), ("items", "embed"))
     self.table = nnx.Param(init(rngs.params(), (config.vocab_size, config.embed_dim)))
 
   def encode(self, tokens: jax.Array) -> jax.Array:
     """[..., L] token ids -> [..., L, D]; the padding row is used but reads as zeros."""
     x = jnp.take(self.table[...], tokens, axis=0)  # [B, L, D]
-    return x * jnp.sqrt(jnp.float32(self.embed_dim)) * (tokens != PAD)[..., None]
+    return x * jnp.float32(self.input_scale) * (tokens != PAD)[..., None]
 
   def decode(self, hidden: jax.Array) -> jax.Array:
     """[..., D] user vectors -> [..., V] scores of every table row (mask with `valid_rows`)."""
@@ -124,11 +168,11 @@ class CausalSelfAttention(nnx.Module):
 
   def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
     d, h, k = config.embed_dim, config.num_heads, config.head_dim
-    std = 1.0 / math.sqrt(d)
+    std = config.stddev(d)
     self.q = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
     self.k = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
     self.v = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
-    self.out = nnx.Param(_init(1.0 / math.sqrt(h * k), ("heads", "kv", "embed"))(
+    self.out = nnx.Param(_init(config.stddev(h * k), ("heads", "kv", "embed"))(
         rngs.params(), (h, k, d)))
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
     self.scale = 1.0 / math.sqrt(k)
@@ -149,21 +193,24 @@ class CausalSelfAttention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-  """Position-wise two-layer MLP with a GELU."""
+  """Position-wise two-layer MLP with a GELU (and dropout after it for norm="pre")."""
 
   def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
     d, f = config.embed_dim, config.hidden_dim
-    self.up = nnx.Param(_init(1.0 / math.sqrt(d), ("embed", "mlp"))(rngs.params(), (d, f)))
+    self.inner_dropout = config.norm == "pre"
+    self.up = nnx.Param(_init(config.stddev(d), ("embed", "mlp"))(rngs.params(), (d, f)))
     self.up_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("mlp",))(
         rngs.params(), (f,)))
-    self.down = nnx.Param(_init(1.0 / math.sqrt(f), ("mlp", "embed"))(rngs.params(), (f, d)))
+    self.down = nnx.Param(_init(config.stddev(f), ("mlp", "embed"))(rngs.params(), (f, d)))
     self.down_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("embed",))(
         rngs.params(), (d,)))
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = jnp.einsum("BTD,DF->BTF", x, self.up[...]) + self.up_bias[...]  # [B, T, F]
-    h = self.dropout(jax.nn.gelu(h), deterministic=not train)
+    h = jax.nn.gelu(h)
+    if self.inner_dropout:
+      h = self.dropout(h, deterministic=not train)
     return jnp.einsum("BTF,FD->BTD", h, self.down[...]) + self.down_bias[...]  # [B, T, D]
 
 
@@ -175,9 +222,14 @@ def _layer_norm(config: SeqRecConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 class Block(nnx.Module):
-  """Pre-LN transformer block: x + attn(ln(x)), then x + ffn(ln(x)), with dropout."""
+  """A transformer block with dropout on each sublayer's output.
+
+  norm="pre": x + attn(ln(x)), then x + ffn(ln(x)).
+  norm="post": ln(x + attn(x)), then ln(x + ffn(x)) (RecBole's SASRec).
+  """
 
   def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
+    self.post_norm = config.norm == "post"
     self.attention_norm = _layer_norm(config, rngs)
     self.attention = CausalSelfAttention(config, rngs=rngs)
     self.mlp_norm = _layer_norm(config, rngs)
@@ -185,9 +237,14 @@ class Block(nnx.Module):
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, valid: jax.Array, train: bool) -> jax.Array:
-    attended = self.attention(self.attention_norm(x), valid, train)
-    x = x + self.dropout(attended, deterministic=not train)
-    x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
+    if self.post_norm:
+      attended = self.attention(x, valid, train)
+      x = self.attention_norm(x + self.dropout(attended, deterministic=not train))
+      x = self.mlp_norm(x + self.dropout(self.mlp(x, train), deterministic=not train))
+    else:
+      attended = self.attention(self.attention_norm(x), valid, train)
+      x = x + self.dropout(attended, deterministic=not train)
+      x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
     return x * valid[..., None]  # padding positions stay zero
 
 
@@ -197,16 +254,20 @@ class SeqRecModel(nnx.Module):
   def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.items = ItemEmbedder(config, rngs=rngs)
-    self.positions = nnx.Param(_init(1.0 / math.sqrt(config.embed_dim), ("length", "embed"))(
+    self.positions = nnx.Param(_init(config.stddev(config.embed_dim), ("length", "embed"))(
         rngs.params(), (config.max_len, config.embed_dim)))
     if config.num_clusters:
-      init = _init(1.0 / math.sqrt(config.embed_dim), ("clusters", "embed"))
+      init = _init(config.stddev(config.embed_dim), ("clusters", "embed"))
       self.clusters = nnx.Param(init(rngs.params(), (config.num_clusters + 1, config.embed_dim)))
     else:
       self.clusters = nnx.data(None)
     self.input_dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    # "post": the input embeddings are normalised and every block ends with a LayerNorm;
+    # "pre": the residual stream is normalised once, after the last block.
+    post = config.norm == "post"
+    self.input_norm = _layer_norm(config, rngs) if post else nnx.data(None)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_blocks)])
-    self.final_norm = _layer_norm(config, rngs)
+    self.final_norm = nnx.data(None) if post else _layer_norm(config, rngs)
 
   def __call__(self, tokens: jax.Array, clusters: jax.Array | None = None,
                train: bool = False) -> jax.Array:
@@ -221,12 +282,19 @@ class SeqRecModel(nnx.Module):
       if clusters is None:
         raise SeqRecConfigError("SeqRecModel: num_clusters > 0 but no cluster ids were given")
       x = x + jnp.take(self.clusters[...], clusters, axis=0) * (clusters != PAD)[..., None]
-    # Positions count back from the end, so the newest item always has the last embedding.
-    x = x + self.positions[...][self.config.max_len - length:]  # [B, L, D]
+    if self.config.positions == "from_end":
+      # Positions count back from the end, so the newest item always has the last embedding.
+      x = x + self.positions[...][self.config.max_len - length:]  # [B, L, D]
+    else:
+      # Positions count from the oldest item of the (left-padded) row.
+      index = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)  # [B, L]
+      x = x + jnp.take(self.positions[...], index, axis=0)  # [B, L, D]
+    if self.input_norm is not None:
+      x = self.input_norm(x)
     x = self.input_dropout(x, deterministic=not train) * valid[..., None]
     for block in self.blocks:
       x = block(x, valid, train)
-    return self.final_norm(x)  # [B, L, D]
+    return x if self.final_norm is None else self.final_norm(x)  # [B, L, D]
 
   def user_vectors(self, tokens: jax.Array, clusters: jax.Array | None = None) -> jax.Array:
     """[B, L] left-padded histories -> [B, D] user vectors (the last position's state)."""
