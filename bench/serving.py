@@ -129,16 +129,16 @@ def time_batch(explorer, batch: int, batches: int, seed: int = 0) -> dict[str, d
   scan = copy.copy(explorer)
   scan.regular_cache = None
   out = {}
-  for name, method, sizes in (("recommend_users", "recommend_users", {}),
-                              ("recommend_users catalog scan", "recommend_users", {}),
-                              ("recommend_users explore_only", "recommend_users",
-                               {"n_regular": 0}),
-                              ("recommend_batch", "recommend_batch", {})):
+  for name, server, method, sizes in (
+      ("recommend_users", explorer, "recommend_users", {}),
+      ("recommend_users catalog scan", scan, "recommend_users", {}),
+      ("recommend_users explore_only", explorer, "recommend_users", {"n_regular": 0}),
+      ("recommend_batch", explorer, "recommend_batch", {})):
     rows = [explorer.users.ids[rng.integers(0, len(explorer.users), batch)]
             for _ in range(batches + 1)]
     if method == "recommend_batch":
       rows = [[explorer.user_history(u) for u in r] for r in rows]
-    call = getattr(scan if name.endswith("catalog scan") else explorer, method)
+    call = getattr(server, method)
     call(rows[0], **sizes)  # warm-up
     start = time.perf_counter()
     for r in rows[1:]:

@@ -74,16 +74,12 @@ def llm_minus_best_count(transitions: NovelTransitions, scores: Mapping[str, np.
   missing = [name for name in (llm, *count_planners) if name not in scores]
   if missing:
     raise BootstrapError(f"llm_minus_best_count: no scores for planners {missing}")
-  examples = np.asarray(examples, np.int64)
-  mask = transitions.previously_engaged_mask(examples)  # [n, M]
-  truth = transitions.next_cluster[examples]  # [n]
-  hits = {name: hit_rate.novel_ranks(scores[name], truth, mask) < k
-          for name in (llm, *count_planners)}  # name -> [n] bool
+  hits, buckets = _hits_and_buckets(
+      transitions, {name: scores[name] for name in (llm, *count_planners)}, examples, k, rare_max)
   best = max(count_planners, key=lambda name: (hits[name].mean(), name))
-  buckets = hit_rate.bucket_of(hit_rate.tuple_train_counts(transitions, examples), rare_max)
   out = {"k": k, "llm": llm, "best_count_planner": best, "level": 0.95}
   for bucket in ("all", "unseen"):
-    keep = np.ones(len(examples), bool) if bucket == "all" else buckets == bucket
+    keep = _in_bucket(buckets, bucket)
     out[bucket] = paired_difference_ci(hits[llm][keep], hits[best][keep], samples, 0.95, seed)
   return out
 
@@ -97,19 +93,31 @@ def paired_buckets(transitions: NovelTransitions, scores_a: np.ndarray, scores_b
   (unseen / rare / frequent) by how often each example's history tuple occurs
   in training, as `hit_rate.evaluate_planners` counts them.
   """
-  examples = np.asarray(examples, np.int64)
   if np.shape(scores_a) != np.shape(scores_b) or len(scores_a) != len(examples):
     raise BootstrapError(f"paired_buckets: scores {np.shape(scores_a)} and {np.shape(scores_b)} "
                          f"must both be [n={len(examples)}, M]")
-  mask = transitions.previously_engaged_mask(examples)  # [n, M]
-  truth = transitions.next_cluster[examples]  # [n]
-  hits_a = hit_rate.novel_ranks(scores_a, truth, mask) < k  # [n]
-  hits_b = hit_rate.novel_ranks(scores_b, truth, mask) < k
-  buckets = hit_rate.bucket_of(hit_rate.tuple_train_counts(transitions, examples), rare_max)
+  hits, buckets = _hits_and_buckets(transitions, {"a": scores_a, "b": scores_b}, examples, k,
+                                    rare_max)
   out = {"k": k, "level": 0.95}
   for bucket in ("all", "unseen", "rare", "frequent"):
-    keep = np.ones(len(examples), bool) if bucket == "all" else buckets == bucket
-    out[bucket] = {"a": float(hits_a[keep].mean()) if keep.any() else None,
-                   "b": float(hits_b[keep].mean()) if keep.any() else None,
-                   **paired_difference_ci(hits_a[keep], hits_b[keep], samples, 0.95, seed)}
+    keep = _in_bucket(buckets, bucket)
+    out[bucket] = {"a": float(hits["a"][keep].mean()) if keep.any() else None,
+                   "b": float(hits["b"][keep].mean()) if keep.any() else None,
+                   **paired_difference_ci(hits["a"][keep], hits["b"][keep], samples, 0.95, seed)}
   return out
+
+
+def _hits_and_buckets(transitions: NovelTransitions, scores: Mapping[str, np.ndarray],
+                      examples: np.ndarray, k: int, rare_max: int
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """({name: [n] bool novel-cluster hit@k}, [n] tuple bucket of each example)."""
+  examples = np.asarray(examples, np.int64)
+  mask = transitions.previously_engaged_mask(examples)  # [n, M]
+  truth = transitions.next_cluster[examples]  # [n]
+  hits = {name: hit_rate.novel_ranks(s, truth, mask) < k for name, s in scores.items()}
+  return hits, hit_rate.bucket_of(hit_rate.tuple_train_counts(transitions, examples), rare_max)
+
+
+def _in_bucket(buckets: np.ndarray, bucket: str) -> np.ndarray:
+  """[n] bool: every example for "all", else those of `bucket`."""
+  return np.ones(len(buckets), bool) if bucket == "all" else buckets == bucket

@@ -177,11 +177,12 @@ def exact_scores(planner, union: np.ndarray, history: np.ndarray,
   known = {}
   if history_scores is not None:
     known = {row: i for i, row in enumerate(map(tuple, history.tolist()))}
-  todo = [i for i, row in enumerate(map(tuple, union.tolist())) if row not in known]
+  source = [known.get(row) for row in map(tuple, union.tolist())]  # kept row, or None
+  kept = [i for i, row in enumerate(source) if row is not None]
+  todo = [i for i, row in enumerate(source) if row is None]
   exact = np.empty((len(union), planner.num_clusters), np.float32)
-  for i, row in enumerate(map(tuple, union.tolist())):
-    if row in known:
-      exact[i] = history_scores[known[row]]
+  if kept:
+    exact[kept] = history_scores[[source[i] for i in kept]]
   if todo:
     exact[todo] = planner.scores(union[todo])
   return exact, len(todo)
