@@ -124,6 +124,18 @@ def test_bpe_tokenizer_is_exported_for_llama_tokenizer(hf, tmp_path):
   _check_tokenizer(hf, planner, folder)
 
 
+def test_semantic_id_level_tokens_are_exported_as_one_piece_each(hf, tmp_path):
+  texts = ["<a0> <b1> <c3>", "<a1> <b2> <c5>", "<a0> <b0> <c0>", "<a1> <b3> <c7>"]
+  tokenizer = tokenizer_lib.train_sentencepiece(
+      tokenizer_lib.sentencepiece_corpus(texts * 10), tmp_path / "spm.model", vocab_size=60)
+  planner = LlmPlanner(model=None, tokenizer=tokenizer, descriptions=texts, config=None, k=2)
+  folder = tmp_path / "hf"
+  folder.mkdir()
+  ce.export_tokenizer(tokenizer, "llama", 0, folder)
+  _check_tokenizer(hf, planner, folder)
+  assert [len(tokenizer.encode(t)) for t in texts] == [3, 3, 3, 3]
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma"])
 def test_import_then_export_round_trips(hf, tmp_path, family):
   original = hf_parity.hf_model(hf, family)

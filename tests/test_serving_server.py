@@ -1,5 +1,6 @@
 """`explore serve` and `explore recommend`: the HTTP API, its errors, the CLI, the page in Chromium."""
 
+import html as html_lib
 import json
 import os
 import pathlib
@@ -141,7 +142,8 @@ def test_page_renders_the_plan_and_slates_in_headless_chromium(page, explorer, t
   assert f"user {user}: {expected['history']['items']} items" in html
   assert html.count('<li class="explore">') == 3 and html.count('<li class="regular">') == 7
   for cluster in expected["history"]["recent_clusters"] + expected["clusters"]:
-    assert f"#{cluster['cluster']} {cluster['description']}" in html
+    # the page's text nodes are HTML-escaped ('<a1>' in a semantic-ID description is '&lt;a1&gt;')
+    assert html_lib.escape(f"#{cluster['cluster']} {cluster['description']}", quote=False) in html
   assert "error:" not in html
   assert shot.exists() and shot.stat().st_size > 10_000
   if SCREENSHOT:

@@ -16,6 +16,7 @@ fine-tuning starts every example with seqio's 0, as the pretraining did.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 import shutil
@@ -156,7 +157,13 @@ def _spm_tokenizer_json(path: Path, target: Path) -> None:
     vocab_file = str(path)
 
   converter = converters.SpmConverter(_Original())
-  converter.converted().save(str(target))
+  spec = json.loads(converter.converted().to_str())
+  # The converter makes SentencePiece's user-defined pieces (the semantic-ID level tokens,
+  # '▁<a3>' and '<a3>') added tokens, which match the raw text before the word-start marker
+  # exists, so '<a3>' after a space became the bare piece. The unigram model holds them at
+  # the highest score and segments them as SentencePiece does; only special tokens stay added.
+  spec["added_tokens"] = [t for t in spec["added_tokens"] if t["special"]]
+  target.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
 
 
 def export_tokenizer(tokenizer: Any, family: str, bos_id: int, folder: Path) -> dict[str, int]:
