@@ -271,17 +271,21 @@ def test_real_logs_pretrain_on_the_catalog_documents(tmp_path):
   assert len(capped) == 2 and set(capped) <= set(documents)
 
 
-def test_pretrain_movielens_run_file_pretrains_on_the_catalog_with_keywords(tmp_path):
+@pytest.mark.parametrize("run_file", ["llm/pretrain_movielens.gin",
+                                      "llm/pretrain_movielens_control.gin"])
+def test_pretrain_movielens_run_file_pretrains_on_the_catalog_with_keywords(run_file, tmp_path):
   import gin  # pylint: disable=g-import-not-at-top
+  from explore.data.synthetic_corpus import CorpusConfig  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    gin_config.parse_gin(["llm/pretrain_movielens.gin"],
+    gin_config.parse_gin([run_file],
                          [f"RUN_DIR = '{tmp_path}'", "MOVIELENS_DIR = '/data/ml'"])
     assert pretrain_stage.PretrainOptions().enabled
     assert gin.query_parameter("data_source.kind") == "movielens"
     assert gin.query_parameter("cluster_vocabulary.vocabulary") == "keywords"
     # fine-tuning is the from-scratch MovieLens recipe's, so the two runs compare
     assert train.TrainerConfig().train_steps == 60
+    assert CorpusConfig().control == ("control" in run_file)
   finally:
     gin.clear_config()
 
@@ -299,10 +303,26 @@ def test_size_small_binds_after_a_run_file_with_its_stated_size(run_file, tmp_pa
   try:
     gin_config.parse_gin([run_file, "llm/size_small.gin"], [f"RUN_DIR = '{tmp_path}'"])
     config = DecoderTask().config
-    assert (config.d_model, config.num_layers, config.mlp_dim) == (128, 3, 512)
+    assert (config.d_model, config.num_layers, config.mlp_dim) == (96, 3, 384)
     assert dataclasses.replace(config, vocab_size=1024).num_params() == stated
     assert train.TrainerConfig().train_steps == 150  # the run file's settings stay
     if "pretrain" in run_file:
       assert gin.query_parameter("cluster_vocabulary.vocabulary") == "keywords"
   finally:
     gin.clear_config()
+
+
+def test_the_catalog_control_keeps_the_words_and_breaks_the_associations(tmp_path):
+  count = 200
+  titles = np.array([f"Movie{i} (2000)" for i in range(count)])
+  catalog = ItemCatalog(item_ids=np.arange(count), title=titles,
+                        text={"genres": np.array([f"genre{i}" for i in range(count)])})
+  catalog.save(tmp_path / "catalog")
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.bind_parameter("CorpusConfig.control", True)
+  control = pretrain_stage.corpus_documents(tmp_path, pretrain_stage.PretrainOptions())
+  real = catalog_corpus.catalog_corpus(catalog)
+  assert sorted(" ".join(control).split()) == sorted(" ".join(real).split())
+  kept = sum(f"Movie{i} (2000). genres: genre{i}." in control for i in range(count))
+  assert kept < count // 10  # a permutation keeps few items' own fields
+  assert kept == sum(d in real for d in control)
