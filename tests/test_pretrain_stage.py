@@ -1,5 +1,6 @@
 """The `pretrain` stage: corpus, tokenizer, training, export; the llm stage starting from it."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -256,3 +257,72 @@ def test_sparse_world_binds_after_a_run_file(run_file, tmp_path):
       assert gin.query_parameter("CorpusConfig.control") is True
   finally:
     gin.clear_config()
+
+
+def test_real_logs_pretrain_on_the_catalog_documents(tmp_path):
+  catalog = ItemCatalog(item_ids=np.arange(3), title=np.array(["Heat (1995)", "", "Up (2009)"]),
+                        text={"genres": np.array(["Action Crime", "Drama", ""])})
+  catalog.save(tmp_path / "catalog")  # a data stage without a synthetic world
+  documents = pretrain_stage.corpus_documents(tmp_path, pretrain_stage.PretrainOptions())
+  assert sorted(documents) == sorted(catalog_corpus.catalog_corpus(catalog))
+  assert len(documents) == 3
+  capped = pretrain_stage.corpus_documents(
+      tmp_path, pretrain_stage.PretrainOptions(max_catalog_documents=2))
+  assert len(capped) == 2 and set(capped) <= set(documents)
+
+
+@pytest.mark.parametrize("run_file", ["llm/pretrain_movielens.gin",
+                                      "llm/pretrain_movielens_control.gin"])
+def test_pretrain_movielens_run_file_pretrains_on_the_catalog_with_keywords(run_file, tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from explore.data.synthetic_corpus import CorpusConfig  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_config.parse_gin([run_file],
+                         [f"RUN_DIR = '{tmp_path}'", "MOVIELENS_DIR = '/data/ml'"])
+    assert pretrain_stage.PretrainOptions().enabled
+    assert gin.query_parameter("data_source.kind") == "movielens"
+    assert gin.query_parameter("cluster_vocabulary.vocabulary") == "keywords"
+    # fine-tuning is the from-scratch MovieLens recipe's, so the two runs compare
+    assert train.TrainerConfig().train_steps == 60
+    assert CorpusConfig().control == ("control" in run_file)
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("run_file", ["quickstart.gin", "llm/pretrain_quickstart.gin",
+                                      "llm/pretrain_control.gin"])
+def test_size_small_binds_after_a_run_file_with_its_stated_size(run_file, tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  from explore.llm.decoder_task import DecoderTask  # pylint: disable=g-import-not-at-top
+  size_file = gin_config.CONFIGS_DIR / "llm" / "size_small.gin"
+  stated = int(re.search(r"# ([\d,]+) parameters at vocabulary 1024",
+                         size_file.read_text()).group(1).replace(",", ""))
+  gin.clear_config()
+  try:
+    gin_config.parse_gin([run_file, "llm/size_small.gin"], [f"RUN_DIR = '{tmp_path}'"])
+    config = DecoderTask().config
+    assert (config.d_model, config.num_layers, config.mlp_dim) == (96, 3, 384)
+    assert dataclasses.replace(config, vocab_size=1024).num_params() == stated
+    assert train.TrainerConfig().train_steps == 150  # the run file's settings stay
+    if "pretrain" in run_file:
+      assert gin.query_parameter("cluster_vocabulary.vocabulary") == "keywords"
+  finally:
+    gin.clear_config()
+
+
+def test_the_catalog_control_keeps_the_words_and_breaks_the_associations(tmp_path):
+  count = 200
+  titles = np.array([f"Movie{i} (2000)" for i in range(count)])
+  catalog = ItemCatalog(item_ids=np.arange(count), title=titles,
+                        text={"genres": np.array([f"genre{i}" for i in range(count)])})
+  catalog.save(tmp_path / "catalog")
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.bind_parameter("CorpusConfig.control", True)
+  control = pretrain_stage.corpus_documents(tmp_path, pretrain_stage.PretrainOptions())
+  real = catalog_corpus.catalog_corpus(catalog)
+  assert sorted(" ".join(control).split()) == sorted(" ".join(real).split())
+  kept = sum(f"Movie{i} (2000). genres: genre{i}." in control for i in range(count))
+  assert kept < count // 10  # a permutation keeps few items' own fields
+  assert kept == sum(d in real for d in control)

@@ -6,6 +6,11 @@ is the domain's own text. For MovieLens the catalog holds each movie's title
 CSV logs, the item text column. Continued pretraining on these documents
 teaches the planner's decoder the words the cluster descriptions are made of
 and which of them go together, before it reads any transition.
+
+The control (`shuffle_fields`) keeps every title and every field's texts but
+gives each item's fields to other items (one seeded permutation per field):
+the same words at the same frequencies, with the associations between a
+movie's title, genres and tags broken.
 """
 
 from __future__ import annotations
@@ -20,23 +25,29 @@ class CatalogCorpusError(ValueError):
 
 
 def catalog_corpus(catalog: ItemCatalog, max_documents: int | None = None,
-                   seed: int = 0) -> list[str]:
+                   seed: int = 0, shuffle_fields: bool = False) -> list[str]:
   """"<title>. <field>: <text>. ..." per item with any text, in a seeded random order.
 
   `max_documents` keeps a uniform sample of that many items (None: every item).
+  `shuffle_fields`: the control corpus (module docstring).
   Tabs and line breaks become spaces, so every document is one line.
   """
   fields = sorted(catalog.text)
+  rng = np.random.default_rng(seed)
+  count = len(catalog.item_ids)
+  texts = {field: np.asarray(catalog.text[field]) for field in fields}
+  if shuffle_fields:
+    texts = {field: text[rng.permutation(count)] for field, text in texts.items()}
   documents = []
-  for i in range(len(catalog.item_ids)):
+  for i in range(count):
     parts = [str(catalog.title[i]).strip()] if str(catalog.title[i]).strip() else []
-    parts += [f"{field}: {str(catalog.text[field][i]).strip()}" for field in fields
-              if str(catalog.text[field][i]).strip()]
+    parts += [f"{field}: {str(texts[field][i]).strip()}" for field in fields
+              if str(texts[field][i]).strip()]
     if parts:
       documents.append(" ".join(". ".join(parts).split()) + ".")
   if not documents:
     raise CatalogCorpusError("catalog_corpus: no item has a title or text to write about")
-  order = np.random.default_rng(seed).permutation(len(documents))
+  order = rng.permutation(len(documents))
   if max_documents is not None:
     order = order[:max_documents]
   return [documents[i] for i in order.tolist()]

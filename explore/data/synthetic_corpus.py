@@ -88,7 +88,8 @@ class CorpusConfig:
     coverage: fraction of affinity edges stated, in [0, 1].
     noise: fraction of stated relations with a false target, in [0, 1).
     num_words: approximate corpus size in whitespace words (>= 1).
-    control: permute the stated relations' targets (same tokens, no knowledge).
+    control: permute the stated relations' targets (same tokens, no knowledge); for real
+      logs, give each catalog field's texts to other items (`catalog_corpus`).
     task_form: standalone relation statements as fine-tuning prompt/target pairs.
     name_words: leaf words that usually name a topic (its most frequent first).
     relations_per_document: stated relations repeated as standalone documents

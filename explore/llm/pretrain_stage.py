@@ -102,10 +102,13 @@ def steps_for(options: PretrainOptions, rows: int) -> int:
 def corpus_documents(data_path: Path, options: PretrainOptions) -> list[str]:
   """The synthetic world's knowledge corpus, or the catalog's documents for real logs."""
   world = data_stage.load_world(data_path)
+  config = synthetic_corpus.CorpusConfig()
   if world is not None:
-    return synthetic_corpus.generate_corpus(world, synthetic_corpus.CorpusConfig())
+    return synthetic_corpus.generate_corpus(world, config)
+  # CorpusConfig.control: the catalog's control, each field's texts given to other items.
   return catalog_corpus.catalog_corpus(data_stage.load_catalog(data_path),
-                                       options.max_catalog_documents)
+                                       options.max_catalog_documents,
+                                       shuffle_fields=config.control)
 
 
 def check_covers(tokenizer: tokenizer_lib.Tokenizer, texts: list[str], what: str) -> None:
