@@ -2,10 +2,11 @@
 
 Two `llm` stages trained on the same transitions (e.g. pretrained on the
 knowledge corpus vs on the control corpus) evaluate the same test examples;
-this reopens both planners (`llm_stage.load_planner`), scores those examples
-with each, and prints hit@k of run a, of run b, and the paired bootstrap 95%
-interval of a - b, overall and on unseen / rare / frequent tuples
-(`explore.eval.bootstrap.paired_buckets`).
+this reads each LLM's scores of them as its `llm` stage kept them
+(`llm_stage.load_eval_scores`; a stage that did not keep them has its planner
+reopened and scored, `llm_stage.load_planner`), and prints hit@k of run a, of
+run b, and the paired bootstrap 95% interval of a - b, overall and on unseen /
+rare / frequent tuples (`explore.eval.bootstrap.paired_buckets`).
 
   PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/sw/c05mix \
       --run_b=/tmp/sw/ctlmix --k=5 --out=/tmp/compare.json
@@ -25,14 +26,22 @@ from explore.transitions import stage as transitions_stage
 
 
 def load_run(run_dir: Path):
-  """(transitions, evaluated test examples, rare_max, planner) of a run directory."""
+  """(transitions, evaluated test examples, rare_max) of a run directory."""
   for stage in ("transitions", "llm"):
     if not (run_dir / stage / "MANIFEST.json").exists():
       raise SystemExit(f"{run_dir / stage}: no complete {stage} stage here; run "
                        f"`explore llm --gin.RUN_DIR=\"'{run_dir}'\"` first")
   transitions = transitions_stage.load_transitions(run_dir / "transitions")
   examples, rare_max = llm_stage.load_eval_examples(run_dir / "llm")
-  return transitions, examples, rare_max, llm_stage.load_planner(run_dir / "llm")
+  return transitions, examples, rare_max
+
+
+def llm_scores(run_dir: Path, history: np.ndarray) -> np.ndarray:
+  """[n, M] the run's LLM scores of its evaluated examples (`history` [n, K])."""
+  kept = llm_stage.load_eval_scores(run_dir / "llm")
+  if kept is not None:
+    return kept
+  return llm_stage.load_planner(run_dir / "llm").scores(history)
 
 
 def main() -> None:
@@ -44,8 +53,8 @@ def main() -> None:
   parser.add_argument("--out", type=Path, help="write the results as JSON here")
   args = parser.parse_args()
 
-  transitions, examples, rare_max, planner_a = load_run(args.run_a)
-  transitions_b, examples_b, _, planner_b = load_run(args.run_b)
+  transitions, examples, rare_max = load_run(args.run_a)
+  transitions_b, examples_b, _ = load_run(args.run_b)
   if not (np.array_equal(examples, examples_b)
           and np.array_equal(transitions.history, transitions_b.history)
           and np.array_equal(transitions.next_cluster, transitions_b.next_cluster)):
@@ -53,8 +62,8 @@ def main() -> None:
                      "(different transitions, seed or max_eval_examples): a paired comparison "
                      "needs the same ones")
   history = transitions.history[examples]  # [n, K]
-  result = bootstrap.paired_buckets(transitions, planner_a.scores(history),
-                                    planner_b.scores(history), examples, k=args.k,
+  result = bootstrap.paired_buckets(transitions, llm_scores(args.run_a, history),
+                                    llm_scores(args.run_b, history), examples, k=args.k,
                                     rare_max=rare_max, samples=args.samples)
   result.update({"run_a": str(args.run_a), "run_b": str(args.run_b)})
   print(f"hit@{args.k}: a = {args.run_a}, b = {args.run_b}")
