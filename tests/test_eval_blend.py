@@ -61,3 +61,28 @@ def test_tune_weight_picks_the_best_validation_weight():
   assert tuned["validation_hit@1"] == {0.0: 0.0, 4.0: 1.0}
   assert tuned["weight"] == 4.0 and tuned["validation_examples"] == 2
   assert tuned["fit_examples"] == 4
+
+
+def test_tune_weight_on_given_scores_matches_tune_weight_and_checks_their_shape():
+  transitions = _transitions()
+  llm = lambda h: np.tile([0.0, 0.0, 0.0, 1.0], (len(h), 1))
+  fit, validation = blend.validation_split(transitions, fraction=0.34)
+  given = blend.tune_weight_on(transitions, llm(transitions.history[validation]), fit,
+                               validation, weights=(0.0, 4.0), k=1)
+  assert given == blend.tune_weight(transitions, llm, weights=(0.0, 4.0), k=1, fraction=0.34)
+  with pytest.raises(blend.BlendError, match=r"llm scores must be \[2, 4\]"):
+    blend.tune_weight_on(transitions, np.zeros((3, 4)), fit, validation)
+
+
+def test_with_train_makes_a_held_out_view():
+  from explore.transitions.examples import TEST, TransitionsError  # pylint: disable=g-import-not-at-top
+  transitions = _transitions()
+  fit, validation = blend.validation_split(transitions, fraction=0.34)
+  view = transitions.with_train(fit)
+  assert view.indices(TRAIN).tolist() == fit.tolist()
+  assert set(validation.tolist()) | {6} == set(view.indices(TEST).tolist())
+  assert transitions.indices(TRAIN).tolist() == list(range(6))  # the original is unchanged
+  with pytest.raises(TransitionsError, match="holds test examples"):
+    transitions.with_train(np.array([0, 6]))
+  with pytest.raises(TransitionsError, match="fit must be"):
+    transitions.with_train(np.array([7]))

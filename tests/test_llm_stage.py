@@ -129,3 +129,40 @@ def test_stage_writes_metrics_for_every_planner(tmp_path):
   assert (path / "tokenizer" / "spm.model").exists()
   assert any(p.name.startswith("checkpoint_") for p in (path / "model").iterdir())
   assert metrics["vocab_size"] == llm_stage.load_tokenizer(path).vocab_size
+
+
+def test_stage_holds_a_validation_split_out_of_fine_tuning(tmp_path):
+  from explore.eval import blend  # pylint: disable=g-import-not-at-top
+  from explore.llm import features  # pylint: disable=g-import-not-at-top
+  from explore.transitions import stage as transitions_stage  # pylint: disable=g-import-not-at-top
+  from explore.transitions.examples import TRAIN  # pylint: disable=g-import-not-at-top
+  from explore.transitions.task_source import read_task_source  # pylint: disable=g-import-not-at-top
+  gin_config.parse_gin(["quickstart.gin", "llm/quickstart.gin"],
+                       [f"RUN_DIR = '{tmp_path}'", *TINY,
+                        "LlmStageOptions.validation_fraction = 0.2"])
+  run_dir = rundir.RunDir(tmp_path)
+  stages.run_stages(["llm"], run_dir, seed=0)
+  path = run_dir.complete_path("llm")
+  metrics = json.loads((path / llm_stage.METRICS).read_text())
+  transitions = transitions_stage.load_transitions(run_dir.complete_path("transitions"))
+  fit, _ = blend.validation_split(transitions, 0.2)
+  held_out = len(transitions.indices(TRAIN)) - len(fit)
+  source = path / llm_stage.FIT_TASK_SOURCE
+  # Fine-tuned on the pairs before the cut only: their counts add up to the fit examples.
+  assert read_task_source(source / "train.tsv")["count"].sum() == len(fit) == \
+      metrics["blend"]["fit_examples"]
+  assert read_task_source(source / "test.tsv")["count"].sum() == held_out > 0
+  rows = features.novel_interest_arrays(source / "train.tsv", llm_stage.load_tokenizer(path))
+  assert metrics["train_rows"] == len(rows["decoder_target_tokens"])
+  validation = metrics["validation"]
+  assert validation["examples"]["all"] == min(held_out, 60) == metrics["blend"]["validation_examples"]
+  assert set(validation["planners"]) == set(metrics["planners"])
+  comparison = validation["llm_minus_best_count"]
+  assert comparison["all"]["examples"] == validation["examples"]["all"]
+  # The validation tuples are bucketed by their counts before the cut: some are unseen there.
+  assert validation["examples"]["unseen"] > 0
+
+
+def test_validation_fraction_must_be_below_one():
+  with pytest.raises(llm_stage.LlmStageError, match="validation_fraction=1.0"):
+    llm_stage.LlmStageOptions(validation_fraction=1.0)

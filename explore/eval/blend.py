@@ -8,9 +8,10 @@ is chosen on validation examples only, never on test ones: the latest
 `validation_fraction` of the train examples by time (train examples precede
 every test one, so this mimics the test split), with the counts refitted on
 the train examples before them; the test scores then use counts from the
-whole train split. The LLM itself was trained on every train pair, so it has
-seen the validation pairs and looks better there than on new tuples: the
-tuned weight leans towards the LLM (a caveat reported with the results).
+whole train split. Unless the `llm` stage holds the validation examples out
+of fine-tuning (`LlmStageOptions.validation_fraction` > 0), the LLM was
+trained on every train pair, so it has seen the validation pairs and looks
+better there than on new tuples: the tuned weight then leans towards the LLM.
 """
 
 from __future__ import annotations
@@ -80,14 +81,28 @@ def tune_weight(transitions: NovelTransitions, llm_scores: Callable[[np.ndarray]
                 max_examples: int | None = 500, seed: int = 0) -> dict:
   """The weight with the best validation hit@k (ties: the smaller), and every weight's hit@k."""
   fit, validation = validation_split(transitions, fraction, max_examples, seed)
+  return tune_weight_on(transitions, llm_scores(transitions.history[validation]), fit,
+                        validation, weights, k)
+
+
+def tune_weight_on(transitions: NovelTransitions, llm: np.ndarray, fit: np.ndarray,
+                   validation: np.ndarray, weights: Sequence[float] = WEIGHTS, k: int = 5
+                   ) -> dict:
+  """`tune_weight` with the LLM's [v, M] scores of the `validation` examples given.
+
+  The counts are fitted on the `fit` examples; each weight's hit@k is read on
+  `validation`.
+  """
   history = transitions.history[validation]  # [v, K]
-  llm = llm_scores(history)  # [v, M]
+  if llm.shape != (len(validation), transitions.num_clusters):
+    raise BlendError(f"tune_weight_on: llm scores must be [{len(validation)}, "
+                     f"{transitions.num_clusters}], got {llm.shape}")
   mask = transitions.previously_engaged_mask(validation)
   truth = transitions.next_cluster[validation]
   results = {}
   for weight in weights:
-    planner = BlendedPlanner(llm_scores, transitions.history[fit], transitions.next_cluster[fit],
-                             transitions.num_clusters, weight)
+    planner = BlendedPlanner(lambda h: llm, transitions.history[fit],
+                             transitions.next_cluster[fit], transitions.num_clusters, weight)
     ranks = hit_rate.novel_ranks(planner.blend(llm, history), truth, mask)
     results[float(weight)] = float(np.mean(ranks < k))
   best = max(results, key=lambda w: (results[w], -w))

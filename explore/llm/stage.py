@@ -13,12 +13,17 @@ source; writes into the stage folder:
   planner.json          the decoder config, bos id, K and descriptions, so
                         `load_planner` reopens the trained planner (see
                         `explore.llm.planner`) without rerunning the stage
+  fit_task_source/      with `LlmStageOptions.validation_fraction` > 0: the curated
+                        pairs of the train examples before the validation cut
+                        (train.tsv, fine-tuned on) and the held-out ones (test.tsv)
   eval_examples/        the test example indices evaluated (`load_eval_examples`) and the
                         LLM's exact scores of them (`load_eval_scores`)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
                         and by unseen / rare / frequent test tuples; free-decode
                         validity (`explore.llm.free_decode`); train loss
-                        first / last; seconds and CPU seconds per phase
+                        first / last; seconds and CPU seconds per phase; with
+                        a held-out validation split, the same hit@k on it
+                        ("validation"), to choose settings on
 The folder of an interrupted run is kept (same config), so training resumes
 from the latest checkpoint. TensorFlow and seqio are never imported here.
 """
@@ -52,6 +57,8 @@ from explore.llm import pretrained as pretrained_lib
 from explore.llm import tokenizer as tokenizer_lib
 from explore.transitions import stage as transitions_stage
 from explore.transitions.examples import NovelTransitions, TEST, TRAIN
+from explore.transitions import counts as counts_lib
+from explore.transitions import task_source
 from explore.transitions.task_source import format_history_prompt
 
 TOKENIZER_DIR = planner_lib.TOKENIZER_DIR
@@ -90,6 +97,14 @@ class LlmStageOptions:
       pretrain stage's corpus rows to the fine-tuning rows, so that
       fine-tuning does not erase what pretraining taught
       (`pretrain_stage.mix_corpus_rows`); 0: none. Needs the pretrain stage.
+    validation_fraction: hold the latest this fraction (by time) of the train
+      examples out of fine-tuning; the planners are evaluated on them as on
+      test examples (counts fitted on the earlier train examples, tuples
+      bucketed by their counts there) into metrics.json "validation", and the
+      blend's weight is tuned on them. Choose settings (training length,
+      corpus_mix, ...) on those numbers, never on test ones. 0: fine-tune on
+      every train pair; the blend is then tuned on the latest 10%, which the
+      LLM has trained on.
   """
 
   pretrained_checkpoint: str | None = None
@@ -99,6 +114,7 @@ class LlmStageOptions:
   rare_max: int = 4
   train_epochs: float | None = None
   corpus_mix: float = 0.0
+  validation_fraction: float = 0.0
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -110,6 +126,9 @@ class LlmStageOptions:
       raise LlmStageError(f"LlmStageOptions.train_epochs={self.train_epochs} must be > 0 or None")
     if not self.corpus_mix >= 0:
       raise LlmStageError(f"LlmStageOptions.corpus_mix={self.corpus_mix} must be >= 0")
+    if not 0.0 <= self.validation_fraction < 1.0:
+      raise LlmStageError(f"LlmStageOptions.validation_fraction={self.validation_fraction} "
+                          "must be in [0, 1)")
 
 
 def load_metrics(stage_path: Path) -> dict[str, Any]:
@@ -178,6 +197,9 @@ def pretrained_inputs() -> dict[str, str]:
 
 
 EVAL_EXAMPLES = "eval_examples"
+FIT_TASK_SOURCE = "fit_task_source"
+# Without a held-out split, the blend's weight is tuned on this latest fraction of train.
+BLEND_VALIDATION_FRACTION = 0.1
 
 
 # The LLM's [n, M] scores of the evaluated examples are kept up to this many entries (256 MB).
@@ -214,6 +236,28 @@ def _load_inputs(ctx: stages.StageContext) -> tuple[list[str], NovelTransitions,
     raise LlmStageError(f"{transitions_path}: the llm stage needs train and test examples "
                         f"(set novel_transitions.test_fraction in (0, 1))")
   return descriptions, transitions, transitions_path
+
+
+def _training_source(ctx: stages.StageContext, options: LlmStageOptions,
+                     descriptions: list[str], transitions: NovelTransitions,
+                     transitions_path: Path) -> Path:
+  """The task-source TSV to fine-tune on: the transitions stage's, or its held-out version.
+
+  With `validation_fraction` > 0 the pairs are recounted and curated (the
+  transitions stage's `curate` bindings) from the train examples before the
+  validation cut only, into `fit_task_source/`.
+  """
+  if not options.validation_fraction:
+    return transitions_path / transitions_stage.TASK_SOURCE / task_source.SPLIT_FILES["train"]
+  fit, _ = blend.validation_split(transitions, options.validation_fraction)
+  held_out = np.setdiff1d(transitions.indices(TRAIN), fit)
+  paths = task_source.export_task_source(
+      ctx.path / FIT_TASK_SOURCE, counts_lib.curate(transitions.with_train(fit).tuple_counts(TRAIN)),
+      counts_lib.count_tuples(transitions.history[held_out], transitions.next_cluster[held_out]),
+      descriptions)
+  logging.info("llm: fine-tuning on %d train examples before the validation cut, %d held out",
+               len(fit), len(held_out))
+  return paths["train"]
 
 
 @dataclasses.dataclass
@@ -258,7 +302,7 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
   tokenizer_lib.check_vocab_matches(tokenizer, config.vocab_size,
                                     allow_padding=start is not None)
   arrays = features.novel_interest_arrays(
-      transitions_path / transitions_stage.TASK_SOURCE / "train.tsv", tokenizer)
+      _training_source(ctx, options, descriptions, transitions, transitions_path), tokenizer)
   if options.corpus_mix > 0:
     arrays = pretrain_stage.mix_corpus_rows(arrays, pretrain_stage.load_corpus_rows(
         ctx.input_path(pretrain_stage.PRETRAIN), tokenizer,
@@ -299,35 +343,68 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh
   return trainer, result
 
 
+def _planner_scores(view: NovelTransitions, examples: np.ndarray, llm: np.ndarray,
+                    llm_scores, weight: float, seed: int) -> dict[str, np.ndarray]:
+  """[n, M] scores of `examples` by the LLM, every count baseline and the blend.
+
+  The count planners (and the blend's counts) are fitted on `view`'s train
+  examples; `llm` holds the LLM's scores of `examples`.
+  """
+  history = view.history[examples]  # [n, K]
+  fit = view.indices(TRAIN)
+  baselines = planners_lib.fit_baselines(view.history[fit], view.next_cluster[fit],
+                                         view.num_clusters, seed=seed)
+  scores = {LLM: llm}
+  scores.update({name: baseline.scores(history) for name, baseline in baselines.items()})
+  scores[blend.BlendedPlanner.name] = blend.BlendedPlanner(
+      llm_scores, view.history[fit], view.next_cluster[fit], view.num_clusters,
+      weight).blend(llm, history)
+  return scores
+
+
+def _report(view: NovelTransitions, scores: dict[str, np.ndarray], examples: np.ndarray,
+            options: LlmStageOptions, seed: int) -> dict[str, Any]:
+  """hit@k of every planner by tuple bucket, and the LLM minus the best count planner."""
+  evaluation = hit_rate.evaluate_planners(view, scores, examples=examples,
+                                          rare_max=options.rare_max)
+  evaluation["llm_minus_best_count"] = bootstrap.llm_minus_best_count(
+      view, scores, examples, rare_max=options.rare_max, seed=seed)
+  return evaluation
+
+
 def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: planner_lib.LlmPlanner,
               transitions: NovelTransitions
-              ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-  """(hit@k of every planner, evaluated example indices, scores by planner, the blend's tuning).
+              ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray], dict[str, Any],
+                         dict[str, Any] | None]:
+  """(test report, evaluated example indices, scores by planner, blend tuning, validation report).
 
   Planners: the LLM, every count baseline, and the blend of the LLM with the
-  last-cluster counts (its weight tuned on a validation slice of train).
+  last-cluster counts, its weight tuned on validation examples (the held-out
+  ones with `validation_fraction` > 0, else the latest 10% of train). The
+  validation report (None without a held-out split) evaluates every planner
+  on the held-out examples, fitted on the train examples before them.
   """
   examples = eval_examples(transitions, options.max_eval_examples, ctx.seed)
-  history = transitions.history[examples]  # [n, K]
-  train_idx = transitions.indices(TRAIN)
-  baselines = planners_lib.fit_baselines(transitions.history[train_idx],
-                                         transitions.next_cluster[train_idx],
-                                         transitions.num_clusters, seed=ctx.seed)
-  scores = {LLM: planner.scores(history)}
+  llm = planner.scores(transitions.history[examples])
   kept = {"examples": examples}
-  if scores[LLM].size <= MAX_SAVED_SCORES:
-    kept["llm_scores"] = np.asarray(scores[LLM], np.float32)
+  if llm.size <= MAX_SAVED_SCORES:
+    kept["llm_scores"] = np.asarray(llm, np.float32)
   artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1, kept,
                           {"rare_max": options.rare_max})
-  scores.update({name: baseline.scores(history) for name, baseline in baselines.items()})
-  tuned = blend.tune_weight(transitions, planner.scores, max_examples=options.max_eval_examples,
-                            seed=ctx.seed)
-  scores[blend.BlendedPlanner.name] = blend.BlendedPlanner(
-      planner.scores, transitions.history[train_idx], transitions.next_cluster[train_idx],
-      transitions.num_clusters, tuned["weight"]).blend(scores[LLM], history)
-  evaluation = hit_rate.evaluate_planners(transitions, scores, examples=examples,
-                                          rare_max=options.rare_max)
-  return evaluation, examples, scores, tuned
+  fit, validation = blend.validation_split(
+      transitions, options.validation_fraction or BLEND_VALIDATION_FRACTION,
+      options.max_eval_examples, ctx.seed)
+  llm_validation = planner.scores(transitions.history[validation])
+  tuned = blend.tune_weight_on(transitions, llm_validation, fit, validation)
+  scores = _planner_scores(transitions, examples, llm, planner.scores, tuned["weight"], ctx.seed)
+  evaluation = _report(transitions, scores, examples, options, ctx.seed)
+  validation_report = None
+  if options.validation_fraction:
+    view = transitions.with_train(fit)
+    validation_report = _report(view, _planner_scores(
+        view, validation, llm_validation, planner.scores, tuned["weight"], ctx.seed),
+                                validation, options, ctx.seed)
+  return evaluation, examples, scores, tuned, validation_report
 
 
 @stages.register_stage(
@@ -357,7 +434,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       model=trainer.model, tokenizer=prepared.tokenizer, descriptions=descriptions,
       config=config, k=transitions.k, bos_id=prepared.bos_id,
       length_normalize=options.length_normalize, prompts_per_chunk=options.prompts_per_chunk)
-  evaluation, examples, scores, tuned = _evaluate(ctx, options, planner, transitions)
+  evaluation, examples, scores, tuned, validation = _evaluate(ctx, options, planner, transitions)
   names = list(scores)
   clock.stop("evaluate")
 
@@ -368,8 +445,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "blend": tuned,
       "free_decode": free_decode.free_decode_metrics(planner, history=transitions.history[examples],
                                                      next_cluster=transitions.next_cluster[examples]),
-      "llm_minus_best_count": bootstrap.llm_minus_best_count(
-          transitions, scores, examples, rare_max=options.rare_max, seed=ctx.seed),
+      "validation": validation,
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
       "distinct_test_tuples_scored": int(len(np.unique(transitions.history[examples], axis=0))),

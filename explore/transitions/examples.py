@@ -116,6 +116,22 @@ class NovelTransitions:
     mask[rows, self.engaged_clusters[flat]] = True
     return mask
 
+  def with_train(self, fit: np.ndarray) -> "NovelTransitions":
+    """A view whose train split is `fit` (train example indices) and every other example test.
+
+    Used to evaluate on held-out train examples (a validation split) exactly as on
+    test ones: planners fitted on `fit`, tuples bucketed by their counts in `fit`.
+    """
+    fit = np.asarray(fit, np.int64)
+    if fit.ndim != 1 or (len(fit) and (fit.min() < 0 or fit.max() >= len(self))):
+      raise TransitionsError(f"with_train: fit must be a 1-D array of example indices in "
+                             f"[0, {len(self)}), got shape {fit.shape}")
+    if np.any(self.split[fit] != TRAIN):
+      raise TransitionsError("with_train: fit holds test examples; only train examples can fit")
+    split = np.full(len(self), TEST, np.int8)
+    split[fit] = TRAIN
+    return dataclasses.replace(self, split=split)
+
   def tuple_counts(self, split: int) -> TupleCounts:
     """Unique (history, next) pairs of one split with their counts."""
     idx = self.indices(split)
