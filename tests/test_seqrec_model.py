@@ -1,6 +1,7 @@
 """The SASRec-style transformer: shapes, causality, padding, clusters, sharding, FLOPs."""
 
 import dataclasses
+import math
 
 from flax import nnx
 import jax
@@ -119,8 +120,12 @@ POST = SeqRecConfig(num_items=20, max_len=6, embed_dim=8, num_blocks=2, num_head
                     layer_norm_epsilon=1e-12)
 
 
-def _reference_post_ln(model, tokens: np.ndarray, epsilon: float) -> np.ndarray:
-  """RecBole's SASRec forward in numpy (eval mode), from the model's weights."""
+def _reference_post_ln(model, tokens: np.ndarray, epsilon: float,
+                       exact_gelu: bool = False) -> np.ndarray:
+  """RecBole's SASRec forward in numpy (eval mode), from the model's weights.
+
+  Attention biases are added where the model has them; `exact_gelu`: the erf GELU.
+  """
   p = jax.tree_util.tree_map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
   def layer_norm(x, norm):
@@ -128,7 +133,9 @@ def _reference_post_ln(model, tokens: np.ndarray, epsilon: float) -> np.ndarray:
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
     return (x - mean) / np.sqrt(var + epsilon) * norm["scale"] + norm["bias"]
 
-  def gelu(x):  # the tanh approximation, as jax.nn.gelu
+  def gelu(x):  # the tanh approximation, as jax.nn.gelu, or the exact erf form
+    if exact_gelu:
+      return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
   valid = tokens != 0
@@ -137,15 +144,17 @@ def _reference_post_ln(model, tokens: np.ndarray, epsilon: float) -> np.ndarray:
   x = layer_norm(x, p["input_norm"]) * valid[..., None]
   for block in p["blocks"].values():
     att = block["attention"]
-    q = np.einsum("btd,dhk->bhtk", x, att["q"])
-    k = np.einsum("bsd,dhk->bhsk", x, att["k"])
-    v = np.einsum("bsd,dhk->bhsk", x, att["v"])
+    heads = att["q"].shape[1:]  # (H, K); the biases are 0 where the model has none
+    bias = {name: att.get(f"{name}_bias", np.zeros(heads)) for name in ("q", "k", "v")}
+    q = np.einsum("btd,dhk->bhtk", x, att["q"]) + bias["q"][:, None]
+    k = np.einsum("bsd,dhk->bhsk", x, att["k"]) + bias["k"][:, None]
+    v = np.einsum("bsd,dhk->bhsk", x, att["v"]) + bias["v"][:, None]
     logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
     allowed = np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None, :]
     logits = np.where(allowed, logits, -1e9)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
-    attended = np.einsum("bhts,bhsk,hkd->btd", weights, v, att["out"])
+    attended = np.einsum("bhts,bhsk,hkd->btd", weights, v, att["out"]) + att.get("out_bias", 0.0)
     x = layer_norm(x + attended, block["attention_norm"])
     mlp = block["mlp"]
     hidden = gelu(x @ mlp["up"] + mlp["up_bias"]) @ mlp["down"] + mlp["down_bias"]
@@ -153,15 +162,18 @@ def _reference_post_ln(model, tokens: np.ndarray, epsilon: float) -> np.ndarray:
   return x
 
 
-def test_post_ln_forward_matches_a_hand_written_reference():
-  model = build_model(POST)
-  # Move the norms off their identity init so that their scales and biases are exercised.
+@pytest.mark.parametrize("parity", [{}, {"attention_bias": True, "gelu": "erf"}])
+def test_post_ln_forward_matches_a_hand_written_reference(parity):
+  model = build_model(dataclasses.replace(POST, **parity))
+  # Move the norms and biases off their identity / zero init so that they are exercised.
   rng = np.random.default_rng(0)
   for path, variable in nnx.iter_graph(model):
-    if isinstance(variable, nnx.Param) and any("norm" in str(k) for k in path):
+    if isinstance(variable, nnx.Param) and any("norm" in str(k) or "bias" in str(k)
+                                               for k in path):
       variable.value = jnp.asarray(rng.normal(1.0 if path[-1] == "scale" else 0.0, 0.1,
                                               variable.shape), jnp.float32)
-  expected = _reference_post_ln(model, np.asarray(HISTORIES), POST.layer_norm_epsilon)
+  expected = _reference_post_ln(model, np.asarray(HISTORIES), POST.layer_norm_epsilon,
+                                exact_gelu=parity.get("gelu") == "erf")
   np.testing.assert_allclose(model(HISTORIES), expected, rtol=2e-4, atol=2e-4)
   assert model.final_norm is None and model.input_norm is not None
 
@@ -208,6 +220,10 @@ def test_normal_init_draws_every_weight_with_init_stddev_and_does_not_scale_inpu
     ("init_stddev", 0.0, "init_stddev=0.0 must be a positive number"),
     ("layer_norm_epsilon", -1.0, "layer_norm_epsilon=-1.0 must be a positive number"),
     ("positions", "relative", "positions='relative' is not one of \\('from_end', 'from_start'\\)"),
+    ("gelu", "relu", "gelu='relu' is not one of \\('tanh', 'erf'\\)"),
+    ("gelu", None, "gelu=None is not one of"),
+    ("attention_bias", "yes", "attention_bias='yes' must be True or False"),
+    ("attention_bias", 1, "attention_bias=1 must be True or False"),
 ])
 def test_bad_norm_and_init_options_are_named(field, value, message):
   with pytest.raises(model_lib.SeqRecConfigError, match=message):
@@ -228,3 +244,55 @@ def test_positions_from_start_give_each_position_the_state_of_its_own_prefix(nor
     close = np.allclose(states[2:5], model.user_vectors(prefixes), rtol=1e-5, atol=1e-5)
     assert close == same, positions
     np.testing.assert_allclose(states[-1], model.user_vectors(row)[0], rtol=1e-6)
+
+
+def _param_shapes(config: SeqRecConfig) -> dict[str, tuple[int, ...]]:
+  state = nnx.to_pure_dict(nnx.state(build_model(config), nnx.Param))
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(value.shape)
+          for path, value in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def test_attention_bias_adds_zero_biases_on_q_k_v_and_out_and_keeps_other_params():
+  config = dataclasses.replace(POST, attention_bias=True)
+  plain, biased = _param_shapes(POST), _param_shapes(config)
+  # TINY/POST: 2 heads of 4 (embed 8).
+  expected = {f"blocks/{b}/attention/{name}": shape for b in (0, 1)
+              for name, shape in (("q_bias", (2, 4)), ("k_bias", (2, 4)), ("v_bias", (2, 4)),
+                                  ("out_bias", (8,)))}
+  assert {name: biased[name] for name in set(biased) - set(plain)} == expected
+  assert set(plain) <= set(biased)
+  model, reference = build_model(config), build_model(POST)
+  attention = model.blocks[0].attention
+  for name in ("q_bias", "k_bias", "v_bias", "out_bias"):
+    np.testing.assert_array_equal(getattr(attention, name)[...], 0.0)
+  # Zero biases draw no keys: every other parameter starts as without them, same output.
+  np.testing.assert_array_equal(model.blocks[1].mlp.up[...], reference.blocks[1].mlp.up[...])
+  np.testing.assert_allclose(model(HISTORIES), reference(HISTORIES), rtol=1e-6, atol=1e-6)
+  axes = {jax.tree_util.keystr(p, simple=True, separator="/"): v.get_metadata()["out_sharding"]
+          for p, v in jax.tree_util.tree_flatten_with_path(
+              nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))[0]}
+  assert axes["blocks/0/attention/q_bias"] == ("heads", "kv")
+  assert axes["blocks/1/attention/out_bias"] == ("embed",)
+
+
+def test_a_nonzero_query_bias_changes_the_output():
+  model = build_model(dataclasses.replace(POST, attention_bias=True))
+  before = model(HISTORIES)
+  attention = model.blocks[0].attention
+  attention.q_bias.value = jnp.asarray(
+      np.random.default_rng(1).normal(0.0, 1.0, attention.q_bias.shape), jnp.float32)
+  assert not np.allclose(model(HISTORIES), before, atol=1e-4)
+
+
+def test_erf_gelu_is_the_exact_gelu_and_differs_from_tanh():
+  x = jnp.asarray(np.random.default_rng(2).normal(0.0, 2.0, (1, 6, 8)), jnp.float32)
+  tanh = build_model(POST).blocks[0].mlp
+  erf = build_model(dataclasses.replace(POST, gelu="erf")).blocks[0].mlp
+  np.testing.assert_array_equal(erf.up[...], tanh.up[...])  # same weights
+  erf.up_bias.value = tanh.up_bias.value = jnp.full(tanh.up_bias.shape, 0.3)
+  hidden = jnp.einsum("BTD,DF->BTF", x, erf.up[...]) + erf.up_bias[...]
+  expected = jnp.einsum("BTF,FD->BTD", jax.nn.gelu(hidden, approximate=False),
+                        erf.down[...]) + erf.down_bias[...]
+  np.testing.assert_allclose(erf(x, train=False), expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(erf(x, train=False), tanh(x, train=False), rtol=0, atol=1e-7)
+  assert SeqRecConfig(num_items=20).gelu == "tanh" and not SeqRecConfig(num_items=20).attention_bias

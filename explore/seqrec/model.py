@@ -34,6 +34,7 @@ PAD = 0
 NORMS = ("pre", "post")
 POSITIONS = ("from_end", "from_start")
 INITS = ("scaled", "normal")
+GELUS = ("tanh", "erf")
 _MASKED = -1e9  # attention logit of a masked key: exp() underflows to 0, never NaN
 
 
@@ -64,6 +65,10 @@ class SeqRecConfig:
   "from_start" gives a scored position the state its prefix (as far as the row
   holds it) would get as a user history; "from_end" gives the newest item of
   a prefix the embedding of its slot in the row, not the last one.
+  `attention_bias`: add biases (initialised to 0) to the query, key, value and
+  output projections of the attention, as RecBole's SASRec (`nn.Linear`) does.
+  `gelu`: the MLP's activation, "tanh" (`jax.nn.gelu`'s tanh approximation)
+  or "erf" (the exact form, RecBole's).
   """
 
   num_items: int = 0
@@ -80,6 +85,8 @@ class SeqRecConfig:
   init: str = "scaled"  # "scaled" | "normal"
   init_stddev: float = 0.02  # init="normal" only
   positions: str = "from_end"  # "from_end" | "from_start"
+  attention_bias: bool = False
+  gelu: str = "tanh"  # "tanh" | "erf"
 
   def __post_init__(self):
     def check(ok: bool, message: str):
@@ -102,6 +109,9 @@ class SeqRecConfig:
     check(self.norm in NORMS, f"norm={self.norm!r} is not one of {NORMS}")
     check(self.init in INITS, f"init={self.init!r} is not one of {INITS}")
     check(self.positions in POSITIONS, f"positions={self.positions!r} is not one of {POSITIONS}")
+    check(isinstance(self.attention_bias, bool),
+          f"attention_bias={self.attention_bias!r} must be True or False")
+    check(self.gelu in GELUS, f"gelu={self.gelu!r} is not one of {GELUS}")
     check(isinstance(self.init_stddev, (int, float)) and self.init_stddev > 0,
           f"init_stddev={self.init_stddev!r} must be a positive number")
     check(isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0,
@@ -132,6 +142,18 @@ class SeqRecConfig:
 
 def _init(stddev: float, axes: tuple[str | None, ...]):
   return nnx.with_partitioning(nnx.initializers.normal(stddev), axes)
+
+
+def _zeros(shape: tuple[int, ...], axes: tuple[str | None, ...],
+           rngs: nnx.Rngs | None = None) -> nnx.Param:
+  """A bias parameter initialised to 0, with logical axes `axes`.
+
+  With `rngs`, one parameter key is drawn (and ignored), as the MLP's biases
+  always did; without, none is, so adding the bias leaves every other
+  parameter's initial value unchanged.
+  """
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, axes)(key, shape))
 
 
 class ItemEmbedder(nnx.Module):
@@ -174,13 +196,28 @@ class CausalSelfAttention(nnx.Module):
     self.v = nnx.Param(_init(std, ("embed", "heads", "kv"))(rngs.params(), (d, h, k)))
     self.out = nnx.Param(_init(config.stddev(h * k), ("heads", "kv", "embed"))(
         rngs.params(), (h, k, d)))
+    if config.attention_bias:
+      # Zeros drawn without a key: the other parameters start as without biases.
+      self.q_bias = _zeros((h, k), ("heads", "kv"))
+      self.k_bias = _zeros((h, k), ("heads", "kv"))
+      self.v_bias = _zeros((h, k), ("heads", "kv"))
+      self.out_bias = _zeros((d,), ("embed",))
+    else:
+      self.q_bias = nnx.data(None)
+      self.k_bias = nnx.data(None)
+      self.v_bias = nnx.data(None)
+      self.out_bias = nnx.data(None)
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
     self.scale = 1.0 / math.sqrt(k)
 
+  @staticmethod
+  def _add(x: jax.Array, bias: nnx.Param | None) -> jax.Array:
+    return x if bias is None else x + bias[...]
+
   def __call__(self, x: jax.Array, key_valid: jax.Array, train: bool) -> jax.Array:
-    q = jnp.einsum("BTD,DHK->BTHK", x, self.q[...])  # [B, T, H, K]
-    k = jnp.einsum("BSD,DHK->BSHK", x, self.k[...])  # [B, S, H, K]
-    v = jnp.einsum("BSD,DHK->BSHK", x, self.v[...])  # [B, S, H, K]
+    q = self._add(jnp.einsum("BTD,DHK->BTHK", x, self.q[...]), self.q_bias)  # [B, T, H, K]
+    k = self._add(jnp.einsum("BSD,DHK->BSHK", x, self.k[...]), self.k_bias)  # [B, S, H, K]
+    v = self._add(jnp.einsum("BSD,DHK->BSHK", x, self.v[...]), self.v_bias)  # [B, S, H, K]
     logits = jnp.einsum("BTHK,BSHK->BHTS", q, k) * self.scale  # [B, H, T, S]
     length = x.shape[1]
     causal = jnp.tril(jnp.ones((length, length), bool))  # [T, S]
@@ -189,26 +226,29 @@ class CausalSelfAttention(nnx.Module):
     weights = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S]
     weights = self.dropout(weights, deterministic=not train)
     attended = jnp.einsum("BHTS,BSHK->BTHK", weights, v)  # [B, T, H, K]
-    return jnp.einsum("BTHK,HKD->BTD", attended, self.out[...])  # [B, T, D]
+    return self._add(jnp.einsum("BTHK,HKD->BTD", attended, self.out[...]),
+                     self.out_bias)  # [B, T, D]
 
 
 class FeedForward(nnx.Module):
-  """Position-wise two-layer MLP with a GELU (and dropout after it for norm="pre")."""
+  """Position-wise two-layer MLP with a GELU (and dropout after it for norm="pre").
+
+  `SeqRecConfig.gelu` picks the tanh approximation or the exact (erf) GELU.
+  """
 
   def __init__(self, config: SeqRecConfig, *, rngs: nnx.Rngs):
     d, f = config.embed_dim, config.hidden_dim
     self.inner_dropout = config.norm == "pre"
+    self.approximate_gelu = config.gelu == "tanh"
     self.up = nnx.Param(_init(config.stddev(d), ("embed", "mlp"))(rngs.params(), (d, f)))
-    self.up_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("mlp",))(
-        rngs.params(), (f,)))
+    self.up_bias = _zeros((f,), ("mlp",), rngs)
     self.down = nnx.Param(_init(config.stddev(f), ("mlp", "embed"))(rngs.params(), (f, d)))
-    self.down_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ("embed",))(
-        rngs.params(), (d,)))
+    self.down_bias = _zeros((d,), ("embed",), rngs)
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = jnp.einsum("BTD,DF->BTF", x, self.up[...]) + self.up_bias[...]  # [B, T, F]
-    h = jax.nn.gelu(h)
+    h = jax.nn.gelu(h, approximate=self.approximate_gelu)
     if self.inner_dropout:
       h = self.dropout(h, deterministic=not train)
     return jnp.einsum("BTF,FD->BTD", h, self.down[...]) + self.down_bias[...]  # [B, T, D]
