@@ -249,8 +249,7 @@ def _training_source(ctx: stages.StageContext, options: LlmStageOptions,
   """
   if not options.validation_fraction:
     return transitions_path / transitions_stage.TASK_SOURCE / task_source.SPLIT_FILES["train"]
-  fit, _ = blend.validation_split(transitions, options.validation_fraction)
-  held_out = np.setdiff1d(transitions.indices(TRAIN), fit)
+  fit, held_out = blend.validation_split(transitions, options.validation_fraction)
   paths = task_source.export_task_source(
       ctx.path / FIT_TASK_SOURCE, counts_lib.curate(transitions.with_train(fit).tuple_counts(TRAIN)),
       counts_lib.count_tuples(transitions.history[held_out], transitions.next_cluster[held_out]),
