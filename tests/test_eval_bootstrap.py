@@ -65,5 +65,29 @@ def test_paired_buckets_compares_two_planners_in_every_bucket():
   assert sum(sizes) == len(test) and out["unseen"]["examples"] == 1
   same = bootstrap.paired_buckets(transitions, hit_all, hit_all, test, k=1, samples=100)
   assert same["all"]["difference"] == 0.0 and same["all"]["low"] == 0.0
-  with pytest.raises(bootstrap.BootstrapError, match="paired_buckets"):
+  with pytest.raises(bootstrap.BootstrapError, match=r"must be \[n=3, M\]"):
     bootstrap.paired_buckets(transitions, hit_all, miss_all[:2], test)
+
+
+def test_pooled_buckets_averages_each_sides_runs():
+  transitions = hand_made_transitions()
+  test = transitions.indices(TEST)
+  hit_all = np.array([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [1.0, 0, 0, 0]])  # truth 3, 0, 0
+  miss_all = np.array([[0, 0, 1.0, 0], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+  hit_first = np.array([[0, 0, 0, 1.0], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])  # hits example 0 only
+  out = bootstrap.pooled_buckets(transitions, [hit_all, miss_all, hit_first], [miss_all], test,
+                                 k=1, samples=200)
+  assert out["runs_a"] == 3 and out["runs_b"] == 1
+  assert out["all"]["runs_a"] == pytest.approx([1.0, 0.0, 1 / 3])
+  # Per example the a side hits 2/3, 1/3, 1/3 of its runs: the mean of the runs' hit@1.
+  assert out["all"]["a"] == pytest.approx(4 / 9) and out["all"]["b"] == 0.0
+  assert out["all"]["difference"] == pytest.approx(4 / 9)
+  assert 1 / 3 - 1e-9 <= out["all"]["low"] <= out["all"]["high"] <= 2 / 3 + 1e-9
+  # One run per side is the paired comparison.
+  single = bootstrap.pooled_buckets(transitions, [hit_all], [miss_all], test, k=1, samples=100)
+  paired = bootstrap.paired_buckets(transitions, hit_all, miss_all, test, k=1, samples=100)
+  assert single == paired
+  with pytest.raises(bootstrap.BootstrapError, match="at least one run"):
+    bootstrap.pooled_buckets(transitions, [], [miss_all], test)
+  with pytest.raises(bootstrap.BootstrapError, match="same shape"):
+    bootstrap.pooled_buckets(transitions, [hit_all, hit_all[:, :3]], [miss_all], test)

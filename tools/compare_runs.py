@@ -1,4 +1,4 @@
-"""Paired comparison of the planner LLMs of two runs on the same test examples.
+"""Paired comparison of the planner LLMs of two runs (or two groups of seeds) on the same tests.
 
 Two `llm` stages trained on the same transitions (e.g. pretrained on the
 knowledge corpus vs on the control corpus) evaluate the same test examples;
@@ -8,8 +8,18 @@ reopened and scored, `llm_stage.load_planner`), and prints hit@k of run a, of
 run b, and the paired bootstrap 95% interval of a - b, overall and on unseen /
 rare / frequent tuples (`explore.eval.bootstrap.paired_buckets`).
 
+Repeat `--run_a` / `--run_b` to compare groups of runs, e.g. the seeds of two
+settings (`--gin.RunConfig.seed=N` with the world's `SEED` fixed, so every run
+has the same transitions): each side's hit of an example is then the fraction
+of its runs that hit it, and each run's own hit@k is printed beside the pooled
+one (`bootstrap.pooled_buckets`). `--run_b=counts` compares against the best
+count planner (last-cluster or transition counts, whichever has the higher
+overall hit@k on these examples), fitted on the runs' train examples.
+
   PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/sw/c05mix \
       --run_b=/tmp/sw/ctlmix --k=5 --out=/tmp/compare.json
+  PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/s/k0 --run_a=/tmp/s/k1 \
+      --run_a=/tmp/s/k2 --run_b=counts
 """
 
 from __future__ import annotations
@@ -21,8 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from explore.eval import bootstrap
+from explore.eval import hit_rate
+from explore.eval import planners as planners_lib
 from explore.llm import stage as llm_stage
 from explore.transitions import stage as transitions_stage
+from explore.transitions.examples import TRAIN
 
 
 def load_run(run_dir: Path):
@@ -44,37 +57,71 @@ def llm_scores(run_dir: Path, history: np.ndarray) -> np.ndarray:
   return llm_stage.load_planner(run_dir / "llm").scores(history)
 
 
+COUNTS = "counts"
+
+
+def count_scores(transitions, examples: np.ndarray, k: int) -> tuple[str, np.ndarray]:
+  """(name, [n, M] scores) of the best count planner on `examples`, fitted on train."""
+  fit = transitions.indices(TRAIN)
+  baselines = planners_lib.fit_baselines(transitions.history[fit], transitions.next_cluster[fit],
+                                         transitions.num_clusters)
+  history = transitions.history[examples]  # [n, K]
+  scores = {name: baselines[name].scores(history) for name in bootstrap.COUNT_PLANNERS}
+  mask = transitions.previously_engaged_mask(examples)  # [n, M]
+  truth = transitions.next_cluster[examples]
+  rate = {name: float((hit_rate.novel_ranks(s, truth, mask) < k).mean())
+          for name, s in scores.items()}
+  best = max(bootstrap.COUNT_PLANNERS, key=lambda name: (rate[name], name))
+  return best, scores[best]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--run_a", type=Path, required=True)
-  parser.add_argument("--run_b", type=Path, required=True)
+  parser.add_argument("--run_a", type=Path, action="append", required=True,
+                      help="a run directory; repeat for a group of runs (seeds)")
+  parser.add_argument("--run_b", type=Path, action="append", required=True,
+                      help=f"a run directory (repeatable), or '{COUNTS}' for the best count "
+                           "planner")
   parser.add_argument("--k", type=int, default=5)
   parser.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
   parser.add_argument("--out", type=Path, help="write the results as JSON here")
   args = parser.parse_args()
 
-  transitions, examples, rare_max = load_run(args.run_a)
-  transitions_b, examples_b, _ = load_run(args.run_b)
-  if not (np.array_equal(examples, examples_b)
-          and np.array_equal(transitions.history, transitions_b.history)
-          and np.array_equal(transitions.next_cluster, transitions_b.next_cluster)):
-    raise SystemExit(f"{args.run_a} and {args.run_b} did not evaluate the same test examples "
-                     "(different transitions, seed or max_eval_examples): a paired comparison "
-                     "needs the same ones")
+  against_counts = [str(r) for r in args.run_b] == [COUNTS]
+  if COUNTS in map(str, args.run_a) or (not against_counts and COUNTS in map(str, args.run_b)):
+    raise SystemExit(f"'{COUNTS}' stands alone as the one --run_b")
+  runs = args.run_a + ([] if against_counts else args.run_b)
+  transitions, examples, rare_max = load_run(runs[0])
+  for other in runs[1:]:
+    transitions_o, examples_o, _ = load_run(other)
+    if not (np.array_equal(examples, examples_o)
+            and np.array_equal(transitions.history, transitions_o.history)
+            and np.array_equal(transitions.next_cluster, transitions_o.next_cluster)):
+      raise SystemExit(f"{runs[0]} and {other} did not evaluate the same test examples "
+                       "(different transitions, world seed or max_eval_examples): a paired "
+                       "comparison needs the same ones")
   history = transitions.history[examples]  # [n, K]
-  result = bootstrap.paired_buckets(transitions, llm_scores(args.run_a, history),
-                                    llm_scores(args.run_b, history), examples, k=args.k,
+  scores_a = [llm_scores(run, history) for run in args.run_a]
+  if against_counts:
+    name_b, counts = count_scores(transitions, examples, args.k)
+    scores_b, label_b = [counts], f"{name_b} counts"
+  else:
+    scores_b, label_b = [llm_scores(run, history) for run in args.run_b], ", ".join(
+        map(str, args.run_b))
+  result = bootstrap.pooled_buckets(transitions, scores_a, scores_b, examples, k=args.k,
                                     rare_max=rare_max, samples=args.samples)
-  result.update({"run_a": str(args.run_a), "run_b": str(args.run_b)})
-  print(f"hit@{args.k}: a = {args.run_a}, b = {args.run_b}")
-  print("bucket | examples | a | b | a - b [95% interval]")
-  for bucket in ("all", "unseen", "rare", "frequent"):
+  result.update({"run_a": list(map(str, args.run_a)), "run_b": label_b})
+  print(f"hit@{args.k}: a = {', '.join(map(str, args.run_a))}; b = {label_b}")
+  print("bucket | examples | a | b | a - b [95% interval] | a by run | b by run")
+  for bucket in hit_rate.BUCKETS:
     row = result[bucket]
     if not row["examples"]:
-      print(f"{bucket} | 0 | - | - | -")
+      print(f"{bucket} | 0 | - | - | - | - | -")
       continue
     print(f"{bucket} | {row['examples']} | {row['a']:.3f} | {row['b']:.3f} | "
-          f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]")
+          f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] | "
+          f"{' '.join(f'{h:.3f}' for h in row['runs_a'])} | "
+          f"{' '.join(f'{h:.3f}' for h in row['runs_b'])}")
   if args.out:
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -8,7 +8,8 @@ planners share (easy and hard examples), so the interval is much narrower
 than one from two independent intervals.
 
 `paired_buckets` compares any two planners (e.g. the LLMs of two runs on the
-same test examples) overall and in each tuple bucket; `llm_minus_best_count`
+same test examples) overall and in each tuple bucket, `pooled_buckets` two
+groups of runs (e.g. three seeds of each setting); `llm_minus_best_count`
 is the comparison the planner's case rests on: the
 LLM's hit@k minus the better count planner's (last-cluster or transition
 counts, whichever has the higher overall hit@k on these examples), overall
@@ -36,7 +37,8 @@ def paired_difference_ci(hits_a: np.ndarray, hits_b: np.ndarray, samples: int = 
   """{"difference", "low", "high", "examples"}: mean(a) - mean(b) and its percentile interval.
 
   Args:
-    hits_a, hits_b: [n] per-example hits (bool or 0/1) of two planners on the same examples.
+    hits_a, hits_b: [n] per-example hits (bool, 0/1, or a fraction of runs that hit) of two
+      planners on the same examples.
     samples: bootstrap resamples.
     level: the interval's coverage, in (0, 1).
     seed: the resampling seed.
@@ -93,17 +95,48 @@ def paired_buckets(transitions: NovelTransitions, scores_a: np.ndarray, scores_b
   (unseen / rare / frequent) by how often each example's history tuple occurs
   in training, as `hit_rate.evaluate_planners` counts them.
   """
-  if np.shape(scores_a) != np.shape(scores_b) or len(scores_a) != len(examples):
-    raise BootstrapError(f"paired_buckets: scores {np.shape(scores_a)} and {np.shape(scores_b)} "
-                         f"must both be [n={len(examples)}, M]")
-  hits, buckets = _hits_and_buckets(transitions, {"a": scores_a, "b": scores_b}, examples, k,
-                                    rare_max)
-  out = {"k": k, "level": 0.95}
-  for bucket in ("all", "unseen", "rare", "frequent"):
+  return pooled_buckets(transitions, [scores_a], [scores_b], examples, k, rare_max, samples,
+                        seed)
+
+
+def pooled_buckets(transitions: NovelTransitions, runs_a: Sequence[np.ndarray],
+                   runs_b: Sequence[np.ndarray], examples: np.ndarray, k: int = 5,
+                   rare_max: int = 4, samples: int = 2000, seed: int = 0) -> dict:
+  """`paired_buckets` with several runs per side (e.g. seeds of one setting).
+
+  Each side's hit of an example is the fraction of its runs that hit it, so
+  `a` and `b` are the hit@k averaged over a side's runs and the interval
+  resamples examples, the same resample for every run: it is the interval of
+  the difference of the two sides' run-averaged hit@k on this population of
+  examples, given these runs (the spread between runs is reported beside it
+  as each run's own hit@k, `runs_a` / `runs_b`, not folded into the interval).
+  Every entry of `runs_a` and `runs_b` is [n, M] scores of the same `examples`.
+  """
+  runs_a, runs_b = list(runs_a), list(runs_b)
+  if not runs_a or not runs_b:
+    raise BootstrapError(f"pooled_buckets: each side needs at least one run, got "
+                         f"{len(runs_a)} and {len(runs_b)}")
+  shapes = {np.shape(s) for s in runs_a + runs_b}
+  if len(shapes) != 1 or len(next(iter(shapes))) != 2 or len(runs_a[0]) != len(examples):
+    raise BootstrapError(f"pooled_buckets: every run's scores must be [n={len(examples)}, M] of "
+                         f"the same shape, got {sorted(shapes)}")
+  named = {f"a{i}": s for i, s in enumerate(runs_a)}
+  named.update({f"b{i}": s for i, s in enumerate(runs_b)})
+  hits, buckets = _hits_and_buckets(transitions, named, examples, k, rare_max)
+  side_a = np.mean([hits[f"a{i}"] for i in range(len(runs_a))], axis=0)  # [n] in [0, 1]
+  side_b = np.mean([hits[f"b{i}"] for i in range(len(runs_b))], axis=0)
+  out = {"k": k, "level": 0.95, "runs_a": len(runs_a), "runs_b": len(runs_b)}
+  for bucket in hit_rate.BUCKETS:
     keep = _in_bucket(buckets, bucket)
-    out[bucket] = {"a": float(hits["a"][keep].mean()) if keep.any() else None,
-                   "b": float(hits["b"][keep].mean()) if keep.any() else None,
-                   **paired_difference_ci(hits["a"][keep], hits["b"][keep], samples, 0.95, seed)}
+    any_kept = bool(keep.any())
+    out[bucket] = {
+        "a": float(side_a[keep].mean()) if any_kept else None,
+        "b": float(side_b[keep].mean()) if any_kept else None,
+        "runs_a": [float(hits[f"a{i}"][keep].mean()) if any_kept else None
+                   for i in range(len(runs_a))],
+        "runs_b": [float(hits[f"b{i}"][keep].mean()) if any_kept else None
+                   for i in range(len(runs_b))],
+        **paired_difference_ci(side_a[keep], side_b[keep], samples, 0.95, seed)}
   return out
 
 
