@@ -292,18 +292,20 @@ def test_pretrain_movielens_run_file_pretrains_on_the_catalog_with_keywords(run_
 
 @pytest.mark.parametrize("run_file", ["quickstart.gin", "llm/pretrain_quickstart.gin",
                                       "llm/pretrain_control.gin"])
-def test_size_small_binds_after_a_run_file_with_its_stated_size(run_file, tmp_path):
+@pytest.mark.parametrize("size, shape", [("small", (96, 3, 384)), ("medium", (128, 4, 512))])
+def test_size_files_bind_after_a_run_file_with_their_stated_size(run_file, size, shape,
+                                                                 tmp_path):
   import re  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
   from explore.llm.decoder_task import DecoderTask  # pylint: disable=g-import-not-at-top
-  size_file = gin_config.CONFIGS_DIR / "llm" / "size_small.gin"
+  size_file = gin_config.CONFIGS_DIR / "llm" / f"size_{size}.gin"
   stated = int(re.search(r"# ([\d,]+) parameters at vocabulary 1024",
                          size_file.read_text()).group(1).replace(",", ""))
   gin.clear_config()
   try:
-    gin_config.parse_gin([run_file, "llm/size_small.gin"], [f"RUN_DIR = '{tmp_path}'"])
+    gin_config.parse_gin([run_file, f"llm/size_{size}.gin"], [f"RUN_DIR = '{tmp_path}'"])
     config = DecoderTask().config
-    assert (config.d_model, config.num_layers, config.mlp_dim) == (96, 3, 384)
+    assert (config.d_model, config.num_layers, config.mlp_dim) == shape
     assert dataclasses.replace(config, vocab_size=1024).num_params() == stated
     assert train.TrainerConfig().train_steps == 150  # the run file's settings stay
     if "pretrain" in run_file:
