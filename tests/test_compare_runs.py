@@ -1,13 +1,16 @@
 """tools/compare_runs.py: the best count planner side and the command line's checks."""
 
+import json
 import sys
 
 import numpy as np
 import pytest
 
 import compare_runs
+from explore import artifacts
 from explore.eval import bootstrap
 from explore.eval import planners as planners_lib
+from explore.llm import stage as llm_stage
 from explore.transitions.examples import TEST, TRAIN
 from tests.test_eval_planners import hand_made_transitions
 
@@ -39,3 +42,18 @@ def test_a_run_without_its_stages_is_named(monkeypatch, tmp_path):
   monkeypatch.setattr(sys, "argv", ["compare_runs", f"--run_a={tmp_path}", "--run_b=counts"])
   with pytest.raises(SystemExit, match=f"{tmp_path}/transitions: no complete transitions stage"):
     compare_runs.main()
+
+
+def test_run_scores_blends_the_kept_llm_scores_with_last_cluster_counts(tmp_path):
+  transitions = hand_made_transitions()
+  test = transitions.indices(TEST)
+  llm = np.array([[0, 0, 0, 1.0], [0, 0, 1.0, 0], [0, 1.0, 0, 0]], np.float32)
+  stage_path = tmp_path / "llm"
+  artifacts.save_artifact(stage_path / llm_stage.EVAL_EXAMPLES, llm_stage.EVAL_EXAMPLES, 1,
+                          {"examples": test, "llm_scores": llm}, {"rare_max": 4})
+  (stage_path / llm_stage.METRICS).write_text(json.dumps({"blend": {"weight": 2.0}}))
+  np.testing.assert_array_equal(compare_runs.run_scores(tmp_path, transitions, test, "llm"), llm)
+  blended = compare_runs.run_scores(tmp_path, transitions, test, "blend")
+  # Train pairs by last cluster: 1 -> 2 five times, 2 -> 3 once; the tests end in 1, 2, 3.
+  counts = np.array([[0, 0, 5, 0], [0, 0, 0, 1], [0, 0, 0, 0]], np.float64)
+  np.testing.assert_allclose(blended, llm + 2.0 * np.log1p(counts), rtol=1e-6)

@@ -15,11 +15,14 @@ of its runs that hit it, and each run's own hit@k is printed beside the pooled
 one (`bootstrap.pooled_buckets`). `--run_b=counts` compares against the best
 count planner (last-cluster or transition counts, whichever has the higher
 overall hit@k on these examples), fitted on the runs' train examples.
+`--planner=blend` compares each run's blended planner instead of its LLM: the
+LLM's scores plus the run's tuned weight (`llm/metrics.json` "blend") times
+log(1 + last-cluster counts), as its `llm` stage scored the test examples.
 
   PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/sw/c05mix \
       --run_b=/tmp/sw/ctlmix --k=5 --out=/tmp/compare.json
   PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/s/k0 --run_a=/tmp/s/k1 \
-      --run_a=/tmp/s/k2 --run_b=counts
+      --run_a=/tmp/s/k2 --run_b=counts [--planner=blend]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explore.eval import blend
 from explore.eval import bootstrap
 from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
@@ -57,6 +61,21 @@ def llm_scores(run_dir: Path, history: np.ndarray) -> np.ndarray:
   return llm_stage.load_planner(run_dir / "llm").scores(history)
 
 
+PLANNERS = ("llm", "blend")
+
+
+def run_scores(run_dir: Path, transitions, examples: np.ndarray, planner: str) -> np.ndarray:
+  """[n, M] scores of `examples` by the run's LLM, or by its blend with last-cluster counts."""
+  history = transitions.history[examples]  # [n, K]
+  llm = llm_scores(run_dir, history)
+  if planner == "llm":
+    return llm
+  weight = llm_stage.load_metrics(run_dir / "llm")["blend"]["weight"]
+  fit = transitions.indices(TRAIN)
+  return blend.BlendedPlanner(None, transitions.history[fit], transitions.next_cluster[fit],
+                              transitions.num_clusters, weight).blend(llm, history)
+
+
 COUNTS = "counts"
 
 
@@ -82,6 +101,8 @@ def main() -> None:
   parser.add_argument("--run_b", type=Path, action="append", required=True,
                       help=f"a run directory (repeatable), or '{COUNTS}' for the best count "
                            "planner")
+  parser.add_argument("--planner", choices=PLANNERS, default="llm",
+                      help="each run's LLM, or its blend with last-cluster counts")
   parser.add_argument("--k", type=int, default=5)
   parser.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
   parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -100,18 +121,19 @@ def main() -> None:
       raise SystemExit(f"{runs[0]} and {other} did not evaluate the same test examples "
                        "(different transitions, world seed or max_eval_examples): a paired "
                        "comparison needs the same ones")
-  history = transitions.history[examples]  # [n, K]
-  scores_a = [llm_scores(run, history) for run in args.run_a]
+  scores_a = [run_scores(run, transitions, examples, args.planner) for run in args.run_a]
   if against_counts:
     name_b, counts = count_scores(transitions, examples, args.k)
     scores_b, label_b = [counts], f"{name_b} counts"
   else:
-    scores_b, label_b = [llm_scores(run, history) for run in args.run_b], ", ".join(
-        map(str, args.run_b))
+    scores_b = [run_scores(run, transitions, examples, args.planner) for run in args.run_b]
+    label_b = ", ".join(map(str, args.run_b))
   result = bootstrap.pooled_buckets(transitions, scores_a, scores_b, examples, k=args.k,
                                     rare_max=rare_max, samples=args.samples)
-  result.update({"run_a": list(map(str, args.run_a)), "run_b": label_b})
-  print(f"hit@{args.k}: a = {', '.join(map(str, args.run_a))}; b = {label_b}")
+  result.update({"run_a": list(map(str, args.run_a)), "run_b": label_b,
+                 "planner": args.planner})
+  print(f"hit@{args.k} of each run's {args.planner}: a = {', '.join(map(str, args.run_a))}; "
+        f"b = {label_b}")
   print("bucket | examples | a | b | a - b [95% interval] | a by run | b by run")
   for bucket in hit_rate.BUCKETS:
     row = result[bucket]
