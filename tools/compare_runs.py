@@ -86,11 +86,7 @@ def count_scores(transitions, examples: np.ndarray, k: int) -> tuple[str, np.nda
                                          transitions.num_clusters)
   history = transitions.history[examples]  # [n, K]
   scores = {name: baselines[name].scores(history) for name in bootstrap.COUNT_PLANNERS}
-  mask = transitions.previously_engaged_mask(examples)  # [n, M]
-  truth = transitions.next_cluster[examples]
-  rate = {name: float((hit_rate.novel_ranks(s, truth, mask) < k).mean())
-          for name, s in scores.items()}
-  best = max(bootstrap.COUNT_PLANNERS, key=lambda name: (rate[name], name))
+  best = bootstrap.best_count_planner(transitions, scores, examples, k)
   return best, scores[best]
 
 

@@ -78,12 +78,26 @@ def llm_minus_best_count(transitions: NovelTransitions, scores: Mapping[str, np.
     raise BootstrapError(f"llm_minus_best_count: no scores for planners {missing}")
   hits, buckets = _hits_and_buckets(
       transitions, {name: scores[name] for name in (llm, *count_planners)}, examples, k, rare_max)
-  best = max(count_planners, key=lambda name: (hits[name].mean(), name))
+  best = _best(hits, count_planners)
   out = {"k": k, "llm": llm, "best_count_planner": best, "level": 0.95}
   for bucket in ("all", "unseen"):
     keep = _in_bucket(buckets, bucket)
     out[bucket] = paired_difference_ci(hits[llm][keep], hits[best][keep], samples, 0.95, seed)
   return out
+
+
+def best_count_planner(transitions: NovelTransitions, scores: Mapping[str, np.ndarray],
+                       examples: np.ndarray, k: int = 5,
+                       count_planners: Sequence[str] = COUNT_PLANNERS) -> str:
+  """The name of the count planner with the highest hit@k on `examples` (as above)."""
+  hits, _ = _hits_and_buckets(transitions, {name: scores[name] for name in count_planners},
+                              examples, k, rare_max=1)  # buckets unused
+  return _best(hits, count_planners)
+
+
+def _best(hits: Mapping[str, np.ndarray], names: Sequence[str]) -> str:
+  """The name with the highest mean hit (ties: the later name)."""
+  return max(names, key=lambda name: (hits[name].mean(), name))
 
 
 def paired_buckets(transitions: NovelTransitions, scores_a: np.ndarray, scores_b: np.ndarray,
