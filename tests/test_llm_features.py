@@ -150,6 +150,67 @@ def test_novel_interest_arrays_shuffle_is_seeded(tokenizer, train_tsv):
   assert sorted(map(str, _segments(a))) == sorted(map(str, _segments(in_file_order)))
 
 
+def test_suffix_copies_add_examples_that_keep_only_the_latest_cluster(tokenizer, train_tsv):
+  out = features.novel_interest_arrays(train_tsv, tokenizer, max_length=96, seed=None,
+                                       suffix_copies=1.0, descriptions=DESCRIPTIONS)
+  found = [(tokenizer.decode(p), tokenizer.decode(t), w) for p, t, w in _segments(out)]
+  # Each pair once in full, then once with its older cluster cut (K=2 keeps the latest one),
+  # with the same target and loss weight.
+  weights = np.asarray([2.4, 0.3, 1.5]) / 1.4
+  full = [("history: hiking, trails, camping | cooking, pasta, italian", "drama, war"),
+          ("history: hiking, trails, camping | cooking, pasta, italian", "empty cluster 017"),
+          ("history: drama, war | warfare, history, documentary", "hiking, trails, camping")]
+  cut = [("history: cooking, pasta, italian", "drama, war"),
+         ("history: cooking, pasta, italian", "empty cluster 017"),
+         ("history: warfare, history, documentary", "hiking, trails, camping")]
+  assert [(p, t) for p, t, _ in found] == full + cut
+  np.testing.assert_allclose([w for _, _, w in found], np.tile(weights, 2), rtol=1e-6)
+
+
+def test_suffix_copies_fraction_draws_that_many_copies_seeded(tokenizer, train_tsv):
+  def run(seed):
+    return features.novel_interest_arrays(train_tsv, tokenizer, 96, weighting="repeat_count",
+                                          seed=seed, suffix_copies=0.5,
+                                          descriptions=DESCRIPTIONS)
+  found = _segments(run(4))
+  assert len(found) == 6 + 3  # 3 + 1 + 2 examples, half of them copied
+  cut = [p for p, _, _ in found if "|" not in tokenizer.decode(p)]
+  assert len(cut) == 3
+  for name, array in run(4).items():
+    np.testing.assert_array_equal(array, run(4)[name])
+
+
+def test_suffix_prompts_keep_between_one_and_k_minus_one_latest_clusters():
+  history = np.tile(np.asarray([[0, 1, 2, 3]]), (200, 1))
+  prompts = features.suffix_prompts(history, DESCRIPTIONS, np.random.default_rng(0))
+  assert set(prompts) == {"history: warfare, history, documentary",
+                          "history: drama, war | warfare, history, documentary",
+                          "history: cooking, pasta, italian | drama, war | "
+                          "warfare, history, documentary"}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"suffix_copies": -0.5, "descriptions": DESCRIPTIONS}, r"suffix_copies=-0.5 must be"),
+    ({"suffix_copies": float("nan"), "descriptions": DESCRIPTIONS}, r"must be a finite"),
+    ({"suffix_copies": 0.5}, r"needs the cluster descriptions"),
+    ({"suffix_copies": 0.5, "descriptions": DESCRIPTIONS[:3]},
+     r"names cluster 3, but 3 descriptions"),
+])
+def test_suffix_copies_bad_settings_are_errors(tokenizer, train_tsv, kwargs, match):
+  with pytest.raises(FeatureError, match=match):
+    features.novel_interest_arrays(train_tsv, tokenizer, max_length=96, **kwargs)
+
+
+def test_suffix_copies_need_histories_of_two_clusters(tokenizer, tmp_path):
+  counts = TupleCounts(history=np.asarray([[0], [1]], np.int32),
+                       next_cluster=np.asarray([2, 3], np.int32),
+                       count=np.asarray([1, 1], np.int64), weight=np.asarray([1.0, 1.0]))
+  path = export_task_source(tmp_path / "k1", counts, counts, DESCRIPTIONS)["train"]
+  with pytest.raises(FeatureError, match=r"train.tsv has histories of K=1.*needs K >= 2"):
+    features.novel_interest_arrays(path, tokenizer, max_length=96, suffix_copies=1.0,
+                                   descriptions=DESCRIPTIONS)
+
+
 def test_novel_interest_arrays_too_long_row_names_the_line(tokenizer, train_tsv):
   with pytest.raises(FeatureError, match=r"train.tsv:2: prompt \(\d+ tokens\) \+ target"):
     features.novel_interest_arrays(train_tsv, tokenizer, max_length=20)

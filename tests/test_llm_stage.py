@@ -139,7 +139,8 @@ def test_stage_holds_a_validation_split_out_of_fine_tuning(tmp_path):
   from explore.transitions.task_source import read_task_source  # pylint: disable=g-import-not-at-top
   gin_config.parse_gin(["quickstart.gin", "llm/quickstart.gin"],
                        [f"RUN_DIR = '{tmp_path}'", *TINY,
-                        "LlmStageOptions.validation_fraction = 0.2"])
+                        "LlmStageOptions.validation_fraction = 0.2",
+                        "novel_interest_arrays.suffix_copies = 0.5"])
   run_dir = rundir.RunDir(tmp_path)
   stages.run_stages(["llm"], run_dir, seed=0)
   path = run_dir.complete_path("llm")
@@ -152,8 +153,13 @@ def test_stage_holds_a_validation_split_out_of_fine_tuning(tmp_path):
   assert read_task_source(source / "train.tsv")["count"].sum() == len(fit) == \
       metrics["blend"]["fit_examples"]
   assert read_task_source(source / "test.tsv")["count"].sum() == held_out > 0
-  rows = features.novel_interest_arrays(source / "train.tsv", llm_stage.load_tokenizer(path))
+  # The stage gives the prompts' descriptions to the bound suffix copies, which add rows.
+  descriptions = llm_stage.load_planner(path).descriptions
+  tokenizer = llm_stage.load_tokenizer(path)
+  rows = features.novel_interest_arrays(source / "train.tsv", tokenizer, descriptions=descriptions)
   assert metrics["train_rows"] == len(rows["decoder_target_tokens"])
+  without = features.novel_interest_arrays(source / "train.tsv", tokenizer, suffix_copies=0.0)
+  assert len(without["decoder_target_tokens"]) < metrics["train_rows"]
   validation = metrics["validation"]
   assert validation["examples"]["all"] == min(held_out, 60) == metrics["blend"]["validation_examples"]
   assert set(validation["planners"]) == set(metrics["planners"])

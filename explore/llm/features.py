@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Sequence
 import gin
 import numpy as np
 
+from explore.transitions.task_source import format_history_prompt
 from explore.transitions.task_source import read_task_source
 
 if TYPE_CHECKING:
@@ -210,6 +211,8 @@ def novel_interest_arrays(
     pack: bool = True,
     weighting: str = "loss_weight",
     seed: int | None = 0,
+    suffix_copies: float = 0.0,
+    descriptions: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
   """Decoder features of one task-source TSV (train.tsv or test.tsv) for the numpy trainer.
 
@@ -221,6 +224,12 @@ def novel_interest_arrays(
   and "none" follow `pair_repeats` (int32 loss weights, as seqio). Examples
   are shuffled with `seed` before packing (None keeps the file order, which
   is sorted by history tuple), so rows mix tuples and repeats of a pair.
+
+  `suffix_copies` adds that many copies per example (0.5: half the
+  examples, drawn at random; 1: each once) whose prompts keep only the
+  latest j of the K clusters, j drawn uniformly from 1..K-1, each with its
+  source example's target and weight (see `suffix_prompts`); it needs the
+  cluster `descriptions` the prompts are written from.
   """
   columns = read_task_source(task_source_path)
   m = len(columns["next_id"])
@@ -242,14 +251,59 @@ def novel_interest_arrays(
         f"{task_source_path}:{i + 2}: prompt ({len(inputs[i])} tokens) + target "
         f"({len(targets[i])} tokens) exceed max_length={max_length} "
         f"({len(too_long)} rows too long)")
-  order = np.repeat(np.arange(m), repeats)  # [examples]
+  order = np.repeat(np.arange(m), repeats)  # [examples] pair of each example
+  prompts = [inputs[i] for i in order]
+  if suffix_copies:
+    source = order[_copy_sources(len(order), suffix_copies, descriptions, columns["history_ids"],
+                                 task_source_path, np.random.default_rng([seed or 0, 1]))]
+    order = np.concatenate([order, source])
+    prompts += _encode_distinct(tokenizer, np.asarray(suffix_prompts(
+        columns["history_ids"][source], descriptions,
+        np.random.default_rng([seed or 0, 2])), dtype=str))
   if seed is not None:
-    order = np.random.default_rng(seed).permutation(order)
+    shuffle = np.random.default_rng(seed).permutation(len(order))
+    order, prompts = order[shuffle], [prompts[i] for i in shuffle]
   example_weights = None
   if weighting == "loss_weight":
     example_weights = (weight / weight.mean())[order]
-  return prefix_lm_examples([inputs[i] for i in order], [targets[i] for i in order],
+  return prefix_lm_examples(prompts, [targets[i] for i in order],
                             max_length, pack=pack, example_weights=example_weights)
+
+
+def suffix_prompts(history: np.ndarray, descriptions: Sequence[str], rng: np.random.Generator
+                   ) -> list[str]:
+  """The prompt of each history row ([n, K], oldest first) cut to its latest j < K clusters.
+
+  j is drawn uniformly from 1..K-1 per row. Fine-tuning on such prompts
+  beside the full ones teaches the planner what the latest interests alone
+  predict, which is what the last-cluster count planner knows and what an
+  unseen K-tuple's older clusters cannot tell.
+  """
+  history = np.asarray(history)
+  k = history.shape[1]
+  keep = rng.integers(1, k, size=len(history))  # [n] in 1..K-1
+  return [format_history_prompt([descriptions[c] for c in row[k - j:]])
+          for row, j in zip(history.tolist(), keep.tolist())]
+
+
+def _copy_sources(num_examples: int, suffix_copies: float, descriptions: Sequence[str] | None,
+                  history: np.ndarray, path, rng: np.random.Generator) -> np.ndarray:
+  """[round(suffix_copies * num_examples)] the examples to copy with cut prompts, checked."""
+  where = f"novel_interest_arrays.suffix_copies={suffix_copies!r}"
+  if not (np.isfinite(suffix_copies) and suffix_copies >= 0):
+    raise FeatureError(f"{where} must be a finite number >= 0")
+  if history.shape[1] < 2:
+    raise FeatureError(f"{where}: {path} has histories of K={history.shape[1]} cluster; "
+                       "cutting older clusters needs K >= 2 (set suffix_copies to 0)")
+  if descriptions is None:
+    raise FeatureError(f"{where} needs the cluster descriptions (pass descriptions=)")
+  if history.size and history.max() >= len(descriptions):
+    raise FeatureError(f"{where}: {path} names cluster {int(history.max())}, but "
+                       f"{len(descriptions)} descriptions were given")
+  count = int(round(suffix_copies * num_examples))
+  whole, rest = divmod(count, num_examples)
+  picks = np.repeat(np.arange(num_examples), whole)
+  return np.concatenate([picks, np.sort(rng.choice(num_examples, rest, replace=False))])
 
 
 def candidate_targets(tokenizer: Tokenizer, descriptions: Sequence[str], max_target_length: int

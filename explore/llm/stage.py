@@ -301,7 +301,8 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
   tokenizer_lib.check_vocab_matches(tokenizer, config.vocab_size,
                                     allow_padding=start is not None)
   arrays = features.novel_interest_arrays(
-      _training_source(ctx, options, descriptions, transitions, transitions_path), tokenizer)
+      _training_source(ctx, options, descriptions, transitions, transitions_path), tokenizer,
+      descriptions=descriptions)
   if options.corpus_mix > 0:
     arrays = pretrain_stage.mix_corpus_rows(arrays, pretrain_stage.load_corpus_rows(
         ctx.input_path(pretrain_stage.PRETRAIN), tokenizer,
