@@ -254,12 +254,12 @@ def novel_interest_arrays(
   order = np.repeat(np.arange(m), repeats)  # [examples] pair of each example
   prompts = [inputs[i] for i in order]
   if suffix_copies:
+    rng = np.random.default_rng([seed or 0, 1])  # a stream apart from the shuffle's
     source = order[_copy_sources(len(order), suffix_copies, descriptions, columns["history_ids"],
-                                 task_source_path, np.random.default_rng([seed or 0, 1]))]
+                                 task_source_path, rng)]
     order = np.concatenate([order, source])
     prompts += _encode_distinct(tokenizer, np.asarray(suffix_prompts(
-        columns["history_ids"][source], descriptions,
-        np.random.default_rng([seed or 0, 2])), dtype=str))
+        columns["history_ids"][source], descriptions, rng), dtype=str))
   if seed is not None:
     shuffle = np.random.default_rng(seed).permutation(len(order))
     order, prompts = order[shuffle], [prompts[i] for i in shuffle]
