@@ -76,6 +76,20 @@ def read_json(path: str | os.PathLike, error: type[ValueError] = ArtifactError) 
     raise error(f"{path}: not valid JSON ({e})") from None
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The records of a JSON-lines log ([] when it does not exist yet)."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+  """Adds `record` to a JSON-lines log, rewriting it atomically (never half a line)."""
+  records = read_jsonl(path) + [record]
+  atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
 def replace_folder(new: Path, final: Path) -> None:
   """Moves the finished folder `new` to `final`, replacing any previous `final`.
 

@@ -105,13 +105,18 @@ TINY = [
 ]
 
 
-def test_stage_writes_metrics_for_every_planner(tmp_path):
+def _run_tiny_llm(tmp_path, *bindings):
+  """(run dir, llm stage folder, its metrics) of the tiny quickstart run with `bindings`."""
   gin_config.parse_gin(["quickstart.gin", "llm/quickstart.gin"],
-                       [f"RUN_DIR = '{tmp_path}'", *TINY])
+                       [f"RUN_DIR = '{tmp_path}'", *TINY, *bindings])
   run_dir = rundir.RunDir(tmp_path)
   stages.run_stages(["llm"], run_dir, seed=0)
   path = run_dir.complete_path("llm")
-  metrics = json.loads((path / llm_stage.METRICS).read_text())
+  return run_dir, path, json.loads((path / llm_stage.METRICS).read_text())
+
+
+def test_stage_writes_metrics_for_every_planner(tmp_path):
+  _, path, metrics = _run_tiny_llm(tmp_path)
   assert set(metrics["planners"]) == {"llm", "random_novel", "popular_novel", "transition",
                                       "last_cluster", "blend"}
   assert str(metrics["blend"]["weight"]) in metrics["blend"]["validation_hit@5"]  # JSON keys
@@ -137,14 +142,8 @@ def test_stage_holds_a_validation_split_out_of_fine_tuning(tmp_path):
   from explore.transitions import stage as transitions_stage  # pylint: disable=g-import-not-at-top
   from explore.transitions.examples import TRAIN  # pylint: disable=g-import-not-at-top
   from explore.transitions.task_source import read_task_source  # pylint: disable=g-import-not-at-top
-  gin_config.parse_gin(["quickstart.gin", "llm/quickstart.gin"],
-                       [f"RUN_DIR = '{tmp_path}'", *TINY,
-                        "LlmStageOptions.validation_fraction = 0.2",
-                        "novel_interest_arrays.suffix_copies = 0.5"])
-  run_dir = rundir.RunDir(tmp_path)
-  stages.run_stages(["llm"], run_dir, seed=0)
-  path = run_dir.complete_path("llm")
-  metrics = json.loads((path / llm_stage.METRICS).read_text())
+  run_dir, path, metrics = _run_tiny_llm(tmp_path, "LlmStageOptions.validation_fraction = 0.2",
+                                         "novel_interest_arrays.suffix_copies = 0.5")
   transitions = transitions_stage.load_transitions(run_dir.complete_path("transitions"))
   fit, _ = blend.validation_split(transitions, 0.2)
   held_out = len(transitions.indices(TRAIN)) - len(fit)
@@ -172,3 +171,55 @@ def test_stage_holds_a_validation_split_out_of_fine_tuning(tmp_path):
 def test_validation_fraction_must_be_below_one():
   with pytest.raises(llm_stage.LlmStageError, match="validation_fraction=1.0"):
     llm_stage.LlmStageOptions(validation_fraction=1.0)
+
+
+def test_stage_chooses_the_round_on_validation_and_pins_its_checkpoint(tmp_path):
+  from explore.llm import planner as planner_lib  # pylint: disable=g-import-not-at-top
+  from explore.llm import selection  # pylint: disable=g-import-not-at-top
+  from explore.transitions import stage as transitions_stage  # pylint: disable=g-import-not-at-top
+  run_dir, path, metrics = _run_tiny_llm(tmp_path, "LlmStageOptions.validation_fraction = 0.2",
+                                         "LlmStageOptions.select_every = 10",
+                                         "TrainerConfig.keep_checkpoints = 1")
+  rounds = metrics["selection"]["rounds"]
+  assert [r["step"] for r in rounds] == [10, 20, 30]
+  assert len((path / selection.SELECTION_LOG).read_text().splitlines()) == 3
+  hits = [r["validation"]["all"]["hit@5"] for r in rounds]
+  chosen = metrics["selection"]["chosen_step"]
+  assert chosen == rounds[hits.index(max(hits))]["step"]
+  # Every round's checkpoint is kept (keep_checkpoints raised from 1 to the rounds' 3).
+  assert {p.name for p in (path / "model").glob("checkpoint_*")} == {
+      "checkpoint_10", "checkpoint_20", "checkpoint_30"}
+  # The validation report and the test scores come from the chosen round's model ...
+  assert metrics["validation"]["planners"]["llm"]["all"] == rounds[hits.index(max(hits))][
+      "validation"]["all"]
+  spec = json.loads((path / planner_lib.PLANNER_FILE).read_text())
+  assert spec["step"] == chosen
+  # ... and the reopened planner is that checkpoint, whichever step is pinned.
+  examples, _ = llm_stage.load_eval_examples(path)
+  history = transitions_stage.load_transitions(
+      run_dir.complete_path("transitions")).history[examples[:8]]
+  np.testing.assert_allclose(llm_stage.load_planner(path).scores(history),
+                             llm_stage.load_eval_scores(path)[:8], rtol=1e-5, atol=1e-5)
+  fingerprints = set()
+  for step in (10, 30):
+    spec["step"] = step
+    (path / planner_lib.PLANNER_FILE).write_text(json.dumps(spec))
+    fingerprints.add(llm_stage.load_planner(path).checkpoint_fingerprint)
+  assert len(fingerprints) == 2
+  spec["step"] = 99
+  (path / planner_lib.PLANNER_FILE).write_text(json.dumps(spec))
+  with pytest.raises(planner_lib.LlmPlannerError, match="checkpoint_99 is missing"):
+    llm_stage.load_planner(path)
+
+
+@pytest.mark.parametrize("bindings, message", [
+    ({"select_every": 10}, "set LlmStageOptions.validation_fraction > 0"),
+    ({"select_every": 0, "validation_fraction": 0.1}, "select_every=0 must be an integer"),
+    ({"select_every": 10, "validation_fraction": 0.1, "select_metric": "mrr"},
+     "select_metric='mrr' is not one of"),
+    ({"select_every": 10, "validation_fraction": 0.1, "select_bucket": "new"},
+     "select_bucket='new' is not one of"),
+])
+def test_bad_selection_options_are_named(bindings, message):
+  with pytest.raises(llm_stage.LlmStageError, match=message):
+    llm_stage.LlmStageOptions(**bindings)

@@ -12,7 +12,9 @@ A trained planner folder (the `llm` stage writes one) holds:
   tokenizer/            spm.model (trained from scratch), or the pretrained
                         checkpoint's tokenizer files + special_tokens.json
   model/                the trainer's model_dir; the latest `checkpoint_<step>`
-                        holds the trained parameters (orbax)
+                        holds the trained parameters (orbax), or the one
+                        planner.json's "step" names (chosen on validation,
+                        `LlmStageOptions.select_every`)
 `LlmPlanner.load(folder, mesh)` reopens all of it without training anything.
 """
 
@@ -109,11 +111,17 @@ def _config_from_json(fields: dict[str, Any], path: Path) -> DecoderConfig:
 
 
 def save_planner_spec(folder: str | Path, config: DecoderConfig, bos_id: int, k: int,
-                      descriptions: Sequence[str], length_normalize: bool) -> Path:
-  """Writes `planner.json`: what reopening the trained planner needs besides the weights."""
+                      descriptions: Sequence[str], length_normalize: bool,
+                      step: int | None = None) -> Path:
+  """Writes `planner.json`: what reopening the trained planner needs besides the weights.
+
+  `step` pins the checkpoint the planner reopens (None: the latest).
+  """
   spec = {"format_version": FORMAT_VERSION, "decoder_config": _config_to_json(config),
           "bos_id": int(bos_id), "k": int(k), "length_normalize": bool(length_normalize),
           "descriptions": [str(d) for d in descriptions]}
+  if step is not None:
+    spec["step"] = int(step)
   path = Path(folder) / PLANNER_FILE
   artifacts.atomic_write_json(path, spec)
   return path
@@ -132,8 +140,9 @@ def _read_spec(folder: Path) -> dict[str, Any]:
   return spec
 
 
-def restore_decoder(config: DecoderConfig, model_dir: Path, mesh) -> tuple[Decoder, int]:
-  """(decoder with the latest checkpoint's parameters placed on `mesh`, its step)."""
+def restore_decoder(config: DecoderConfig, model_dir: Path, mesh, step: int | None = None
+                    ) -> tuple[Decoder, int]:
+  """(decoder with checkpoint `step`'s parameters (None: the latest) placed on `mesh`, its step)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from explore import partitioning  # pylint: disable=g-import-not-at-top
   from explore.train import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
@@ -142,12 +151,16 @@ def restore_decoder(config: DecoderConfig, model_dir: Path, mesh) -> tuple[Decod
   if not steps:
     raise LlmPlannerError(f"{model_dir}: no checkpoint_<step> folder; the llm stage did not "
                           "finish training (rerun it: explore llm --force)")
+  if step is not None and step not in steps:
+    raise LlmPlannerError(f"{model_dir}: the planner's checkpoint_{step} is missing (there are "
+                          f"{[f'checkpoint_{s}' for s in steps]}); rerun the llm stage "
+                          "(explore llm --force)")
   model = partitioning.create_sharded_module(lambda: Decoder(config, rngs=nnx.Rngs(params=0)),
                                              mesh)
   graphdef, params, extras = step_lib.split_model(model)
   target = step_lib.TrainState(params=params, extras=extras, opt_state=None, step=None)
   checkpoints = checkpoints_lib.TrainCheckpoints(model_dir, keep=None, async_save=False)
-  folder = model_dir / f"{checkpoints_lib.STEP_PREFIX}_{steps[-1]}"
+  folder = model_dir / f"{checkpoints_lib.STEP_PREFIX}_{steps[-1] if step is None else step}"
   try:
     restored, step, _ = checkpoints.restore(target, folder, weights_only=True)
   except Exception as e:  # orbax and tensorstore raise many types on damaged files
@@ -199,7 +212,7 @@ class LlmPlanner:
       from explore import partitioning  # pylint: disable=g-import-not-at-top
       mesh = partitioning.create_mesh(partitioning.MeshConfig())
     tokenizer = load_tokenizer(folder)
-    model, step = restore_decoder(config, folder / MODEL_DIR, mesh)
+    model, step = restore_decoder(config, folder / MODEL_DIR, mesh, spec.get("step"))
     checkpoint = folder / MODEL_DIR / f"checkpoint_{step}"
     blob = json.dumps([spec, step, _folder_fingerprint(checkpoint)], sort_keys=True)
     return cls(model=model, tokenizer=tokenizer, descriptions=list(spec["descriptions"]),

@@ -16,6 +16,9 @@ source; writes into the stage folder:
   fit_task_source/      with `LlmStageOptions.validation_fraction` > 0: the curated
                         pairs of the train examples before the validation cut
                         (train.tsv, fine-tuned on) and the held-out ones (test.tsv)
+  selection.jsonl       with `LlmStageOptions.select_every`: each round's step,
+                        train loss and validation hit@k (`explore.llm.selection`);
+                        planner.json "step" names the chosen round's checkpoint
   eval_examples/        the test example indices evaluated (`load_eval_examples`) and the
                         LLM's exact scores of them (`load_eval_scores`)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
@@ -23,7 +26,8 @@ source; writes into the stage folder:
                         validity (`explore.llm.free_decode`); train loss
                         first / last; seconds and CPU seconds per phase; with
                         a held-out validation split, the same hit@k on it
-                        ("validation"), to choose settings on
+                        ("validation"), to choose settings on; "selection":
+                        the rounds and the chosen step (None without select_every)
 The folder of an interrupted run is kept (same config), so training resumes
 from the latest checkpoint. TensorFlow and seqio are never imported here.
 """
@@ -54,6 +58,7 @@ from explore.llm import lora
 from explore.llm import planner as planner_lib
 from explore.llm import pretrain_stage
 from explore.llm import pretrained as pretrained_lib
+from explore.llm import selection
 from explore.llm import tokenizer as tokenizer_lib
 from explore.transitions import stage as transitions_stage
 from explore.transitions.examples import NovelTransitions, TEST, TRAIN
@@ -105,6 +110,13 @@ class LlmStageOptions:
       corpus_mix, ...) on those numbers, never on test ones. 0: fine-tune on
       every train pair; the blend is then tuned on the latest 10%, which the
       LLM has trained on.
+    select_every: with a held-out split, train in rounds of this many steps and
+      keep the round whose planner ranks the validation examples best
+      (`explore.llm.selection`); test is evaluated with that checkpoint only,
+      and `planner.json` pins it. None: the last step's checkpoint.
+    select_metric: the validation LLM hit@k that chooses the round.
+    select_bucket: the validation tuples it is computed on ("all", "unseen",
+      "rare", "frequent").
   """
 
   pretrained_checkpoint: str | None = None
@@ -115,6 +127,9 @@ class LlmStageOptions:
   train_epochs: float | None = None
   corpus_mix: float = 0.0
   validation_fraction: float = 0.0
+  select_every: int | None = None
+  select_metric: str = "hit@5"
+  select_bucket: str = "all"
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -129,6 +144,11 @@ class LlmStageOptions:
     if not 0.0 <= self.validation_fraction < 1.0:
       raise LlmStageError(f"LlmStageOptions.validation_fraction={self.validation_fraction} "
                           "must be in [0, 1)")
+    try:
+      selection.check_options(self.select_every, self.select_metric, self.select_bucket,
+                              self.validation_fraction)
+    except selection.SelectionError as e:
+      raise LlmStageError(str(e)) from None
 
 
 def load_metrics(stage_path: Path) -> dict[str, Any]:
@@ -316,6 +336,10 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
   if options.train_epochs is not None:
     trainer_config = dataclasses.replace(trainer_config, train_steps=train.steps_for_epochs(
         options.train_epochs, len(arrays[decoder_task.TARGETS]), trainer_config.batch_size))
+  if options.select_every is not None:  # every round's checkpoint stays until the choice
+    rounds = len(selection.round_steps(trainer_config.train_steps, options.select_every))
+    trainer_config = dataclasses.replace(
+        trainer_config, keep_checkpoints=max(trainer_config.keep_checkpoints, rounds))
   if start is not None:
     pretrained_lib.write_initial_checkpoint_once(start, ctx.path / PRETRAINED, mesh,
                                                  stale=(ctx.path / MODEL,))
@@ -323,9 +347,30 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
                    arrays=arrays, bos_id=int(bos_id), start=start)
 
 
-def _train(ctx: stages.StageContext, prepared: _Prepared, mesh
-           ) -> tuple[train.Trainer, train.TrainResult]:
-  """Trains the decoder into `model/` (resuming from its latest checkpoint)."""
+def _planner(model, prepared: _Prepared, descriptions: list[str], k: int,
+             options: LlmStageOptions) -> planner_lib.LlmPlanner:
+  return planner_lib.LlmPlanner(
+      model=model, tokenizer=prepared.tokenizer, descriptions=descriptions,
+      config=prepared.task.config, k=k, bos_id=prepared.bos_id,
+      length_normalize=options.length_normalize, prompts_per_chunk=options.prompts_per_chunk)
+
+
+def _validation_examples(transitions: NovelTransitions, options: LlmStageOptions, seed: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """(fit, validation) train example indices: the held-out split, or the blend's latest 10%."""
+  return blend.validation_split(
+      transitions, options.validation_fraction or BLEND_VALIDATION_FRACTION,
+      options.max_eval_examples, seed)
+
+
+def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStageOptions,
+           descriptions: list[str], transitions: NovelTransitions
+           ) -> tuple[train.Trainer, train.TrainResult, Any, dict[str, Any] | None]:
+  """Trains the decoder into `model/` (resuming from its latest checkpoint).
+
+  Returns (trainer, result, the planner's model, the selection record or
+  None): with `select_every` the model is the validation-chosen round's.
+  """
   task, trainer_config, arrays = prepared.task, prepared.trainer_config, prepared.arrays
   # With DecoderConfig.lora_rank > 0 only the adapters train; the base is frozen.
   trainer = train.Trainer(task, task.model_fn(ctx.seed), ctx.path / MODEL, mesh, trainer_config,
@@ -335,12 +380,42 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh
                trainer.num_params, trainer.num_trainable_params, trainer_config.train_steps,
                trainer_config.batch_size)
   batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
-  result = trainer.train(train.ArrayBatches(batch_features, trainer_config.batch_size,
-                                            seed=ctx.seed))
+  batches = train.ArrayBatches(batch_features, trainer_config.batch_size, seed=ctx.seed)
+  chosen = None
+  if options.select_every is None:
+    result = trainer.train(batches)
+  else:
+    fit, validation = _validation_examples(transitions, options, ctx.seed)
+    view = transitions.with_train(fit)
+
+    def model_at(step: int):
+      if trainer.step == step:
+        return trainer.model
+      return planner_lib.restore_decoder(task.config, ctx.path / MODEL, mesh, step)[0]
+
+    def validate(step: int) -> dict[str, Any]:
+      planner = _planner(model_at(step), prepared, descriptions, transitions.k, options)
+      scores = {LLM: planner.scores(transitions.history[validation])}
+      return hit_rate.evaluate_planners(view, scores, examples=validation,
+                                        rare_max=options.rare_max)["planners"][LLM]
+
+    steps = selection.round_steps(trainer_config.train_steps, options.select_every)
+    result, rounds = selection.train_in_rounds(trainer, batches, steps, validate,
+                                               ctx.path / selection.SELECTION_LOG)
+    if result.stopped_reason != "nan":
+      best = selection.best_round(rounds, options.select_metric, options.select_bucket)
+      chosen = {"every": options.select_every, "metric": options.select_metric,
+                "bucket": options.select_bucket, "validation_examples": int(len(validation)),
+                "chosen_step": best["step"], "rounds": rounds}
+      logging.info("llm: step %d chosen on validation %s %s (%s)", best["step"],
+                   options.select_bucket, options.select_metric,
+                   {r["step"]: r["validation"][options.select_bucket][options.select_metric]
+                    for r in rounds})
   if result.stopped_reason == "nan":
     raise LlmStageError(f"llm: training stopped on a non-finite loss at step {result.step}; "
                         f"lower make_optimizer.learning_rate (see {ctx.path / MODEL})")
-  return trainer, result
+  model = trainer.model if chosen is None else model_at(chosen["chosen_step"])
+  return trainer, result, model, chosen
 
 
 def _planner_scores(view: NovelTransitions, examples: np.ndarray, llm: np.ndarray,
@@ -391,9 +466,7 @@ def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: plann
     kept["llm_scores"] = np.asarray(llm, np.float32)
   artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1, kept,
                           {"rare_max": options.rare_max})
-  fit, validation = blend.validation_split(
-      transitions, options.validation_fraction or BLEND_VALIDATION_FRACTION,
-      options.max_eval_examples, ctx.seed)
+  fit, validation = _validation_examples(transitions, options, ctx.seed)
   llm_validation = planner.scores(transitions.history[validation])
   tuned = blend.tune_weight_on(transitions, llm_validation, fit, validation)
   scores = _planner_scores(transitions, examples, llm, planner.scores, tuned["weight"], ctx.seed)
@@ -423,17 +496,16 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   clock.stop("prepare")
 
   clock.start()
-  trainer, result = _train(ctx, prepared, mesh)
+  trainer, result, model, chosen = _train(ctx, prepared, mesh, options, descriptions,
+                                          transitions)
   config = prepared.task.config
   planner_lib.save_planner_spec(ctx.path, config, prepared.bos_id, transitions.k, descriptions,
-                                options.length_normalize)
+                                options.length_normalize,
+                                step=None if chosen is None else chosen["chosen_step"])
   clock.stop("train")
 
   clock.start()
-  planner = planner_lib.LlmPlanner(
-      model=trainer.model, tokenizer=prepared.tokenizer, descriptions=descriptions,
-      config=config, k=transitions.k, bos_id=prepared.bos_id,
-      length_normalize=options.length_normalize, prompts_per_chunk=options.prompts_per_chunk)
+  planner = _planner(model, prepared, descriptions, transitions.k, options)
   evaluation, examples, scores, tuned, validation = _evaluate(ctx, options, planner, transitions)
   names = list(scores)
   clock.stop("evaluate")
@@ -446,6 +518,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "free_decode": free_decode.free_decode_metrics(planner, history=transitions.history[examples],
                                                      next_cluster=transitions.next_cluster[examples]),
       "validation": validation,
+      "selection": chosen,
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
       "distinct_test_tuples_scored": int(len(np.unique(transitions.history[examples], axis=0))),
@@ -478,5 +551,6 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
           "hit@5_unseen": {n: evaluation["planners"][n]["unseen"]["hit@5"] for n in names},
           "train_loss_first": loss_first, "train_loss_last": loss_last,
           "evaluated_examples": int(len(examples)), "seconds": clock.seconds,
+          "selected_step": None if chosen is None else chosen["chosen_step"],
           "pretrained": None if start is None else {
               "checkpoint": str(start.directory), "fingerprint": start.fingerprint["hash"]}}

@@ -17,7 +17,6 @@ logged.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -109,17 +108,6 @@ class FitResult:
   mean_context: float  # mean items read by a scored training position
   stopped_reason: str  # "done" | "early_stopped"
   train_history: list[dict] = dataclasses.field(default_factory=list)
-
-
-def _read_rounds(path: Path) -> list[dict[str, Any]]:
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append_round(path: Path, record: dict[str, Any]) -> None:
-  rounds = _read_rounds(path) + [record]
-  artifacts.atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
 
 
 def _copy_checkpoint(model_dir: Path, step: int, target: Path) -> None:
@@ -271,7 +259,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
 
   trainer.restore(batches)  # the model and data position of the latest checkpoint, if any
   log_path = work_dir / VALIDATION_LOG
-  rounds = _read_rounds(log_path)
+  rounds = artifacts.read_jsonl(log_path)
   metric = training.selection_metric
   stopped_reason = "done"
   history: list[dict] = []
@@ -308,7 +296,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
                                 clusters_of_tokens).save(work_dir / VECTORS)
     elapsed += time.perf_counter() - start
     record["elapsed_seconds"] = round(elapsed, 3)  # training + validation since the start
-    _append_round(log_path, record)
+    artifacts.append_jsonl(log_path, record)
     _write_scalars(work_dir / MODEL_DIR, record["step"], {"val": record["val"]})
     rounds.append(record)
     logging.info("seqrec epoch %d (step %d, %.0f s): loss %s, val %s%s", epoch, record["step"],
