@@ -363,14 +363,21 @@ def _validation_examples(transitions: NovelTransitions, options: LlmStageOptions
       options.max_eval_examples, seed)
 
 
-def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStageOptions,
-           descriptions: list[str], transitions: NovelTransitions
-           ) -> tuple[train.Trainer, train.TrainResult, Any, dict[str, Any] | None]:
-  """Trains the decoder into `model/` (resuming from its latest checkpoint).
+@dataclasses.dataclass
+class _Trained:
+  """What `_train` hands to evaluation."""
 
-  Returns (trainer, result, the planner's model, the selection record or
-  None): with `select_every` the model is the validation-chosen round's.
-  """
+  trainer: train.Trainer
+  result: train.TrainResult
+  model: Any  # the planner's decoder: the last step's, or the validation-chosen round's
+  selection: dict[str, Any] | None  # metrics.json "selection" (None without select_every)
+  # The chosen round's LLM scores of the validation examples, when this process computed them.
+  validation_scores: np.ndarray | None = None
+
+
+def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStageOptions,
+           descriptions: list[str], transitions: NovelTransitions) -> _Trained:
+  """Trains the decoder into `model/` (resuming from its latest checkpoint)."""
   task, trainer_config, arrays = prepared.task, prepared.trainer_config, prepared.arrays
   # With DecoderConfig.lora_rank > 0 only the adapters train; the base is frozen.
   trainer = train.Trainer(task, task.model_fn(ctx.seed), ctx.path / MODEL, mesh, trainer_config,
@@ -382,6 +389,7 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStag
   batch_features = {name: arrays[name] for name in task.batch_logical_axes()}
   batches = train.ArrayBatches(batch_features, trainer_config.batch_size, seed=ctx.seed)
   chosen = None
+  validation_scores: dict[int, np.ndarray] = {}
   if options.select_every is None:
     result = trainer.train(batches)
   else:
@@ -395,8 +403,8 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStag
 
     def validate(step: int) -> dict[str, Any]:
       planner = _planner(model_at(step), prepared, descriptions, transitions.k, options)
-      scores = {LLM: planner.scores(transitions.history[validation])}
-      return hit_rate.evaluate_planners(view, scores, examples=validation,
+      validation_scores[step] = planner.scores(transitions.history[validation])
+      return hit_rate.evaluate_planners(view, {LLM: validation_scores[step]}, examples=validation,
                                         rare_max=options.rare_max)["planners"][LLM]
 
     steps = selection.round_steps(trainer_config.train_steps, options.select_every)
@@ -414,8 +422,10 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStag
   if result.stopped_reason == "nan":
     raise LlmStageError(f"llm: training stopped on a non-finite loss at step {result.step}; "
                         f"lower make_optimizer.learning_rate (see {ctx.path / MODEL})")
-  model = trainer.model if chosen is None else model_at(chosen["chosen_step"])
-  return trainer, result, model, chosen
+  if chosen is None:
+    return _Trained(trainer, result, trainer.model, None)
+  step = chosen["chosen_step"]
+  return _Trained(trainer, result, model_at(step), chosen, validation_scores.get(step))
 
 
 def _planner_scores(view: NovelTransitions, examples: np.ndarray, llm: np.ndarray,
@@ -448,7 +458,7 @@ def _report(view: NovelTransitions, scores: dict[str, np.ndarray], examples: np.
 
 
 def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: planner_lib.LlmPlanner,
-              transitions: NovelTransitions
+              transitions: NovelTransitions, llm_validation: np.ndarray | None = None
               ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray], dict[str, Any],
                          dict[str, Any] | None]:
   """(test report, evaluated example indices, scores by planner, blend tuning, validation report).
@@ -458,6 +468,7 @@ def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: plann
   ones with `validation_fraction` > 0, else the latest 10% of train). The
   validation report (None without a held-out split) evaluates every planner
   on the held-out examples, fitted on the train examples before them.
+  `llm_validation`: the planner's scores of those examples, if already known.
   """
   examples = eval_examples(transitions, options.max_eval_examples, ctx.seed)
   llm = planner.scores(transitions.history[examples])
@@ -467,7 +478,8 @@ def _evaluate(ctx: stages.StageContext, options: LlmStageOptions, planner: plann
   artifacts.save_artifact(ctx.path / EVAL_EXAMPLES, EVAL_EXAMPLES, 1, kept,
                           {"rare_max": options.rare_max})
   fit, validation = _validation_examples(transitions, options, ctx.seed)
-  llm_validation = planner.scores(transitions.history[validation])
+  if llm_validation is None:
+    llm_validation = planner.scores(transitions.history[validation])
   tuned = blend.tune_weight_on(transitions, llm_validation, fit, validation)
   scores = _planner_scores(transitions, examples, llm, planner.scores, tuned["weight"], ctx.seed)
   evaluation = _report(transitions, scores, examples, options, ctx.seed)
@@ -496,8 +508,8 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   clock.stop("prepare")
 
   clock.start()
-  trainer, result, model, chosen = _train(ctx, prepared, mesh, options, descriptions,
-                                          transitions)
+  trained = _train(ctx, prepared, mesh, options, descriptions, transitions)
+  trainer, result, chosen = trained.trainer, trained.result, trained.selection
   config = prepared.task.config
   planner_lib.save_planner_spec(ctx.path, config, prepared.bos_id, transitions.k, descriptions,
                                 options.length_normalize,
@@ -505,8 +517,9 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   clock.stop("train")
 
   clock.start()
-  planner = _planner(model, prepared, descriptions, transitions.k, options)
-  evaluation, examples, scores, tuned, validation = _evaluate(ctx, options, planner, transitions)
+  planner = _planner(trained.model, prepared, descriptions, transitions.k, options)
+  evaluation, examples, scores, tuned, validation = _evaluate(ctx, options, planner, transitions,
+                                                              trained.validation_scores)
   names = list(scores)
   clock.stop("evaluate")
 
