@@ -50,6 +50,9 @@ class Stage:
   deps: tuple[str, ...] = ()
   configurables: tuple[str, ...] = ()
   doc: str = ""
+  # "Configurable.param" bindings of `configurables` that do not change the
+  # stage's output (the stage overrides them), left out of its config.
+  ignored_bindings: tuple[str, ...] = ()
   # () -> {name: fingerprint} of inputs from outside the run directory (e.g. a
   # pretrained checkpoint folder), read under the current gin config; a changed
   # fingerprint rebuilds the stage like a remade input stage.
@@ -84,7 +87,8 @@ RESERVED_NAMES = ("run", "status", "help", "recommend", "serve", "export")
 
 
 def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[str] = (),
-                   external_inputs: Callable[[], Mapping[str, str]] | None = None):
+                   external_inputs: Callable[[], Mapping[str, str]] | None = None,
+                   ignored_bindings: Sequence[str] = ()):
   """Decorator registering a stage function under `name` (see `Stage` for the fields)."""
   if name in RESERVED_NAMES:
     raise StageError(f"{name!r} is a CLI command and cannot name a stage")
@@ -92,7 +96,8 @@ def register_stage(name: str, deps: Sequence[str] = (), configurables: Sequence[
   def decorator(fn):
     _REGISTRY[name] = Stage(name=name, run=fn, deps=tuple(deps),
                             configurables=tuple(configurables), doc=(fn.__doc__ or "").strip(),
-                            external_inputs=external_inputs)
+                            external_inputs=external_inputs,
+                            ignored_bindings=tuple(ignored_bindings))
     return fn
 
   return decorator
@@ -145,7 +150,33 @@ def stage_config(stage: Stage, seed: int) -> dict[str, Any]:
                        "registered (a typo, or its module is not imported by the stage module)")
     for param, value in gin_config.configurable_bindings(name).items():
       config[f"{name}.{param}"] = value
-  return config
+  return _without_ignored(config, stage.ignored_bindings)
+
+
+def _without_ignored(config: Mapping[str, Any], ignored: Sequence[str]) -> dict[str, Any]:
+  """A stage config without its `ignored` bindings, also inside expanded references."""
+  return {key: _without(value, ignored) for key, value in config.items() if key not in ignored}
+
+
+def _without(value: Any, ignored: Sequence[str]) -> Any:
+  """`value` (canonical form) without the `ignored` "Configurable.param" of its references.
+
+  A reference expands to {"@Configurable()": {param: value}}
+  (`gin_config.canonical_value`), e.g. DecoderTask.config = @DecoderConfig().
+  """
+  if not ignored:
+    return value
+  if isinstance(value, list):
+    return [_without(v, ignored) for v in value]
+  if not isinstance(value, dict):
+    return value
+  out = {}
+  for key, inner in value.items():
+    name = key[1:].removesuffix("()") if key.startswith("@") else None
+    if name is not None and isinstance(inner, dict):
+      inner = {p: v for p, v in inner.items() if f"{name}.{p}" not in ignored}
+    out[key] = _without(inner, ignored)
+  return out
 
 
 def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
@@ -157,7 +188,11 @@ def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
     return "run"
   if state == "corrupt":
     run_dir.check_complete(stage.name)  # raises, naming the files and the fix
-  if manifest.config_hash != rundir_lib.fingerprint(config):
+  # A stage made before some of its bindings were ignored is still up to date.
+  if manifest.config_hash != rundir_lib.fingerprint(config) and (
+      not stage.ignored_bindings or rundir_lib.fingerprint(
+          _without_ignored(manifest.config, stage.ignored_bindings)) !=
+      rundir_lib.fingerprint(config)):
     diff = "\n  ".join(rundir_lib.config_diff(manifest.config, config))
     raise StageError(
         f"run directory {run_dir.root}: stage {stage.name!r} was made with another config:\n  "

@@ -210,6 +210,95 @@ def test_corpus_mix_adds_corpus_rows_to_fine_tuning(pretrained_run, tmp_path):
       before + round(0.5 * before)
 
 
+def _interpolated_run(pretrained_run, tmp_path, *bindings):
+  """(run dir, llm stage folder, its metrics) of the fixture rerun with `bindings`."""
+  import gin  # pylint: disable=g-import-not-at-top
+  run_copy = tmp_path / "run"
+  if not run_copy.exists():
+    shutil.copytree(pretrained_run, run_copy)
+  gin.clear_config()
+  run_dir = _parse(run_copy, "PretrainOptions.enabled = True",
+                   "LlmStageOptions.validation_fraction = 0.2",
+                   "LlmStageOptions.max_eval_examples = 12", *bindings)
+  stages.run_stages(["llm"], run_dir, seed=0, force=True)
+  path = run_dir.complete_path("llm")
+  return run_dir, path, llm_stage.load_metrics(path)
+
+
+def test_interpolation_writes_the_chosen_weights_and_the_planner_reopens_them(
+    pretrained_run, tmp_path, monkeypatch):
+  from explore import partitioning as partitioning_lib  # pylint: disable=g-import-not-at-top
+  from explore.llm import interpolation  # pylint: disable=g-import-not-at-top
+  from explore.llm import planner as planner_lib  # pylint: disable=g-import-not-at-top
+  from explore.train import train_step  # pylint: disable=g-import-not-at-top
+  from explore.transitions import stage as transitions_stage  # pylint: disable=g-import-not-at-top
+  real_choose = interpolation.choose
+  asked = {}
+
+  def choose_smallest(alphas, validate, metric, bucket):  # whatever validation prefers here
+    best, candidates = real_choose(alphas, validate, metric, bucket)
+    asked.update(alphas=alphas, best=best["alpha"])
+    return candidates[-1], candidates
+
+  monkeypatch.setattr(interpolation, "choose", choose_smallest)
+  run_dir, path, metrics = _interpolated_run(pretrained_run, tmp_path,
+                                             "LlmStageOptions.interpolate = (0.5, 0.9)")
+  record = metrics["interpolation"]
+  assert asked["alphas"] == (0.9, 0.5) and record["alphas"] == [0.9, 0.5]
+  assert [c["alpha"] for c in record["candidates"]] == [1.0, 0.9, 0.5]
+  assert record["chosen_alpha"] == 0.5
+  # The validation report is the chosen weights'.
+  assert metrics["validation"]["planners"]["llm"]["all"] == record["candidates"][-1][
+      "validation"]["all"]
+  spec = json.loads((path / planner_lib.PLANNER_FILE).read_text())
+  step = metrics["train_steps"]
+  assert spec["model_dir"] == "merged" and spec["step"] == step
+  mesh = partitioning_lib.create_mesh(partitioning_lib.MeshConfig())
+  config = llm_stage.load_planner(path).config
+  params = [train_step.split_model(planner_lib.restore_decoder(config, path / folder, mesh,
+                                                               at)[0])[1]
+            for folder, at in (("pretrained", 0), ("model", step), ("merged", step))]
+  start, tuned, merged = (np.concatenate([np.ravel(x) for x in jax_leaves(p)]) for p in params)
+  np.testing.assert_allclose(merged, 0.5 * start + 0.5 * tuned, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(merged, tuned, atol=1e-4)
+  # Test was scored with the merged planner, and reopening it gives the same scores.
+  examples, _ = llm_stage.load_eval_examples(path)
+  history = transitions_stage.load_transitions(
+      run_dir.complete_path("transitions")).history[examples[:6]]
+  np.testing.assert_allclose(llm_stage.load_planner(path).scores(history),
+                             llm_stage.load_eval_scores(path)[:6], rtol=1e-5, atol=1e-5)
+  # A rerun whose choice is the fine-tuned planner drops the merged weights: model/ again.
+  monkeypatch.setattr(interpolation, "choose", lambda alphas, validate, metric, bucket: (
+      {"alpha": 1.0, "validation": validate(1.0)}, []))
+  _, path, metrics = _interpolated_run(pretrained_run, tmp_path,
+                                       "LlmStageOptions.interpolate = (0.5,)")
+  assert metrics["interpolation"]["chosen_alpha"] == 1.0
+  assert not (path / interpolation.MERGED_DIR).exists()
+  assert "model_dir" not in json.loads((path / planner_lib.PLANNER_FILE).read_text())
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_lora_fine_tuning_reuses_the_complete_pretrain_stage(pretrained_run, tmp_path):
+  """The adapters are the llm stage's: LoRA bindings leave the pretrain stage as it is."""
+  run_copy = tmp_path / "run"
+  shutil.copytree(pretrained_run, run_copy)
+  before = (run_copy / "pretrain" / rundir.MANIFEST).read_text()
+  run_dir = _parse(run_copy, "PretrainOptions.enabled = True", "DecoderConfig.lora_rank = 4",
+                   "LlmStageOptions.max_eval_examples = 5")
+  stages.run_stages(["llm"], run_dir, seed=0, force=True)
+  assert (run_copy / "pretrain" / rundir.MANIFEST).read_text() == before
+  metrics = llm_stage.load_metrics(run_dir.complete_path("llm"))
+  assert metrics["lora_rank"] == 4 and metrics["num_trainable_params"] < metrics["num_params"]
+  # Interpolating with the start would only rescale the adapters: refused before training.
+  with pytest.raises(llm_stage.LlmStageError, match="lora_rank=4"):
+    _interpolated_run(pretrained_run, tmp_path, "LlmStageOptions.interpolate = (0.5,)",
+                      "DecoderConfig.lora_rank = 4")
+
+
 def test_corpus_mix_without_a_corpus_is_named(tmp_path):
   with pytest.raises(pretrain_stage.PretrainError, match="corpus_mix needs the pretrain stage"):
     pretrain_stage.load_corpus_rows(tmp_path, None, 64)
@@ -292,7 +381,8 @@ def test_pretrain_movielens_run_file_pretrains_on_the_catalog_with_keywords(run_
 
 @pytest.mark.parametrize("run_file", ["quickstart.gin", "llm/pretrain_quickstart.gin",
                                       "llm/pretrain_control.gin"])
-@pytest.mark.parametrize("size, shape", [("small", (96, 3, 384)), ("medium", (128, 4, 512))])
+@pytest.mark.parametrize("size, shape", [("small", (96, 3, 384)), ("medium", (128, 4, 512)),
+                                         ("large", (192, 6, 768))])
 def test_size_files_bind_after_a_run_file_with_their_stated_size(run_file, size, shape,
                                                                  tmp_path):
   import re  # pylint: disable=g-import-not-at-top

@@ -105,6 +105,42 @@ def test_changed_external_input_rebuilds_the_stage(tmp_path):
     stages.unregister_stage("toy_external")
 
 
+def test_ignored_bindings_do_not_change_the_stage_config(tmp_path):
+  @gin.configurable
+  def toy_ignored_options(size: int = 3, adapter_rank: int = 0):
+    return size, adapter_rank
+
+  @gin.configurable
+  def toy_ignored_holder(options=None):
+    return options
+
+  stages.register_stage(
+      "toy_ignored", configurables=("toy_ignored_options", "toy_ignored_holder"),
+      ignored_bindings=("toy_ignored_options.adapter_rank",))(lambda ctx: None)
+  try:
+    gin.parse_config("toy_ignored_holder.options = @toy_ignored_options()")
+    config = stages.stage_config(stages.registered_stages()["toy_ignored"], seed=0)
+    assert "toy_ignored_options.adapter_rank" not in config
+    assert config["toy_ignored_holder.options"] == {"@toy_ignored_options()": {"size": 3}}
+    assert _run(tmp_path, ["toy_ignored"]) == [("toy_ignored", "run")]
+    gin.parse_config("toy_ignored_options.adapter_rank = 4")  # ignored, also inside the reference
+    assert _run(tmp_path, ["toy_ignored"]) == [("toy_ignored", "skip")]
+    # A manifest written before the binding was ignored (it holds it) is still up to date.
+    run_dir = rundir.RunDir(tmp_path)
+    manifest = run_dir.manifest("toy_ignored")
+    old = {**manifest.config, "toy_ignored_options.adapter_rank": 0,
+           "toy_ignored_holder.options": {"@toy_ignored_options()": {"size": 3,
+                                                                     "adapter_rank": 0}}}
+    manifest.config, manifest.config_hash = old, rundir.fingerprint(old)
+    manifest.write(run_dir.complete_path("toy_ignored") / rundir.MANIFEST)
+    assert _run(tmp_path, ["toy_ignored"]) == [("toy_ignored", "skip")]
+    gin.parse_config("toy_ignored_options.size = 5")  # not ignored
+    with pytest.raises(stages.StageError, match="toy_ignored_options.size: 3 on disk, 5 now"):
+      _run(tmp_path, ["toy_ignored"])
+  finally:
+    stages.unregister_stage("toy_ignored")
+
+
 def test_status_table_reports_states_and_staleness(tmp_path):
   _run(tmp_path, ["toy_alpha"])
   gin.parse_config("toy_alpha_values.size = 7")

@@ -323,19 +323,20 @@ def import_hf_checkpoint(checkpoint_dir: str | os.PathLike, *, dtype: str = "flo
                             tokenizer_vocab_size=None if tokenizer is None else tokenizer[1])
 
 
-def write_initial_checkpoint(model: Decoder, model_dir: str | os.PathLike) -> Path:
-  """Saves `model`'s parameters as `model_dir/checkpoint_0` for the trainer.
+def write_initial_checkpoint(model: Decoder, model_dir: str | os.PathLike, step: int = 0
+                             ) -> Path:
+  """Saves `model`'s parameters (no optimizer state) as `model_dir/checkpoint_<step>`.
 
   Fine-tune from it with `TrainerConfig.initial_checkpoint_path = model_dir`
-  and `restore_weights_only = True` (the checkpoint holds no optimizer state).
+  and `restore_weights_only = True`; `planner.restore_decoder` reopens it.
   """
   from explore.train import checkpoints  # pylint: disable=g-import-not-at-top
   from explore.train import train_step  # pylint: disable=g-import-not-at-top
 
   _, params, extras = train_step.split_model(model)
   state = train_step.TrainState(params=params, extras=extras, opt_state={},
-                                step=jax.numpy.zeros((), jax.numpy.int32))
+                                step=jax.numpy.asarray(step, jax.numpy.int32))
   manager = checkpoints.TrainCheckpoints(model_dir, keep=None, async_save=False)
   manager.save(state, data_state=None)
   manager.close()
-  return Path(model_dir) / f"{checkpoints.STEP_PREFIX}_0"
+  return Path(model_dir) / f"{checkpoints.STEP_PREFIX}_{step}"

@@ -15,6 +15,9 @@ A trained planner folder (the `llm` stage writes one) holds:
                         holds the trained parameters (orbax), or the one
                         planner.json's "step" names (chosen on validation,
                         `LlmStageOptions.select_every`)
+  merged/               with planner.json "model_dir": "merged", the weights
+                        interpolated with the pretrained start
+                        (`LlmStageOptions.interpolate`), reopened instead of model/
 `LlmPlanner.load(folder, mesh)` reopens all of it without training anything.
 """
 
@@ -112,19 +115,32 @@ def _config_from_json(fields: dict[str, Any], path: Path) -> DecoderConfig:
 
 def save_planner_spec(folder: str | Path, config: DecoderConfig, bos_id: int, k: int,
                       descriptions: Sequence[str], length_normalize: bool,
-                      step: int | None = None) -> Path:
+                      step: int | None = None, model_dir: str | None = None) -> Path:
   """Writes `planner.json`: what reopening the trained planner needs besides the weights.
 
-  `step` pins the checkpoint the planner reopens (None: the latest).
+  `step` pins the checkpoint the planner reopens (None: the latest);
+  `model_dir` names the subfolder of `folder` holding it (None: model/).
   """
+  if model_dir is not None:
+    _check_model_dir(model_dir, Path(folder) / PLANNER_FILE)
   spec = {"format_version": FORMAT_VERSION, "decoder_config": _config_to_json(config),
           "bos_id": int(bos_id), "k": int(k), "length_normalize": bool(length_normalize),
           "descriptions": [str(d) for d in descriptions]}
   if step is not None:
     spec["step"] = int(step)
+  if model_dir is not None:
+    spec["model_dir"] = model_dir
   path = Path(folder) / PLANNER_FILE
   artifacts.atomic_write_json(path, spec)
   return path
+
+
+def _check_model_dir(name: Any, path: Path) -> str:
+  """`name` if it is one plain subfolder name of the planner folder, else LlmPlannerError."""
+  if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+    raise LlmPlannerError(f"{path}: model_dir {name!r} must name a subfolder of the planner"
+                          " folder (e.g. 'model' or 'merged')")
+  return name
 
 
 def _read_spec(folder: Path) -> dict[str, Any]:
@@ -212,8 +228,9 @@ class LlmPlanner:
       from explore import partitioning  # pylint: disable=g-import-not-at-top
       mesh = partitioning.create_mesh(partitioning.MeshConfig())
     tokenizer = load_tokenizer(folder)
-    model, step = restore_decoder(config, folder / MODEL_DIR, mesh, spec.get("step"))
-    checkpoint = folder / MODEL_DIR / f"checkpoint_{step}"
+    model_dir = folder / _check_model_dir(spec.get("model_dir", MODEL_DIR), folder / PLANNER_FILE)
+    model, step = restore_decoder(config, model_dir, mesh, spec.get("step"))
+    checkpoint = model_dir / f"checkpoint_{step}"
     blob = json.dumps([spec, step, _folder_fingerprint(checkpoint)], sort_keys=True)
     return cls(model=model, tokenizer=tokenizer, descriptions=list(spec["descriptions"]),
                config=config, k=int(spec["k"]), bos_id=int(spec["bos_id"]),

@@ -208,9 +208,16 @@ def _write_disabled(path: Path) -> dict[str, Any]:
   return {"enabled": False}
 
 
+# Pretraining trains every weight without adapters, so the llm stage's LoRA
+# settings neither change its output nor make a complete pretrain stage stale.
+LORA_BINDINGS = ("DecoderConfig.lora_rank", "DecoderConfig.lora_alpha",
+                 "DecoderConfig.lora_targets")
+
+
 @stages.register_stage(
     PRETRAIN, deps=("data", "clusters", "transitions"),
-    configurables=("PretrainOptions", "CorpusConfig", "DecoderTask", "DecoderConfig"))
+    configurables=("PretrainOptions", "CorpusConfig", "DecoderTask", "DecoderConfig"),
+    ignored_bindings=LORA_BINDINGS)
 def pretrain_stage(ctx: stages.StageContext) -> dict[str, Any]:
   """Pretrains the decoder on the knowledge corpus (when enabled) and exports it for `llm`."""
   options = PretrainOptions()
@@ -236,7 +243,8 @@ def pretrain_stage(ctx: stages.StageContext) -> dict[str, Any]:
   rows = len(arrays[decoder_task.TARGETS])
   steps = steps_for(options, rows)
   task = decoder_task.DecoderTask()
-  config = dataclasses.replace(task.config, vocab_size=tokenizer.vocab_size)
+  # Without adapters: LoRA (DecoderConfig.lora_rank) is the llm stage's fine-tuning.
+  config = dataclasses.replace(task.config, vocab_size=tokenizer.vocab_size, lora_rank=0)
   task = dataclasses.replace(task, config=config, sequence_length=options.max_length,
                              packed=True)
   trainer_config = dataclasses.replace(

@@ -19,6 +19,9 @@ source; writes into the stage folder:
   selection.jsonl       with `LlmStageOptions.select_every`: each round's step,
                         train loss and validation hit@k (`explore.llm.selection`);
                         planner.json "step" names the chosen round's checkpoint
+  merged/               with `LlmStageOptions.interpolate`, when an alpha < 1 wins on
+                        validation: the interpolated weights (`explore.llm.interpolation`);
+                        planner.json "model_dir" names this folder
   eval_examples/        the test example indices evaluated (`load_eval_examples`) and the
                         LLM's exact scores of them (`load_eval_scores`)
   metrics.json          hit@1/5/10 of the LLM and every baseline planner, overall
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+import shutil
 from typing import Any
 
 from absl import logging
@@ -51,9 +55,11 @@ from explore.eval import blend
 from explore.eval import bootstrap
 from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
+from explore.llm import checkpoint_import
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
 from explore.llm import free_decode
+from explore.llm import interpolation
 from explore.llm import lora
 from explore.llm import planner as planner_lib
 from explore.llm import pretrain_stage
@@ -117,6 +123,11 @@ class LlmStageOptions:
     select_metric: the validation LLM hit@k that chooses the round.
     select_bucket: the validation tuples it is computed on ("all", "unseen",
       "rare", "frequent").
+    interpolate: with a held-out split and a pretrained start, fractions alpha
+      in (0, 1) of the fine-tuned weights to mix with the start's, (1 - alpha)
+      * start + alpha * fine-tuned; the planner keeps the alpha (or the
+      fine-tuned weights, alpha 1) with the best validation `select_metric` on
+      `select_bucket` (`explore.llm.interpolation`). (): no interpolation.
   """
 
   pretrained_checkpoint: str | None = None
@@ -130,6 +141,7 @@ class LlmStageOptions:
   select_every: int | None = None
   select_metric: str = "hit@5"
   select_bucket: str = "all"
+  interpolate: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -148,6 +160,10 @@ class LlmStageOptions:
       selection.check_options(self.select_every, self.select_metric, self.select_bucket,
                               self.validation_fraction)
     except selection.SelectionError as e:
+      raise LlmStageError(str(e)) from None
+    try:
+      interpolation.check_options(self.interpolate, self.validation_fraction, lora_rank=0)
+    except interpolation.InterpolationError as e:
       raise LlmStageError(str(e)) from None
 
 
@@ -373,6 +389,16 @@ class _Trained:
   selection: dict[str, Any] | None  # metrics.json "selection" (None without select_every)
   # The chosen round's LLM scores of the validation examples, when this process computed them.
   validation_scores: np.ndarray | None = None
+  step: int | None = None  # the planner's checkpoint step (None: the latest)
+  model_dir: str | None = None  # the planner's checkpoint folder when not model/
+  interpolation: dict[str, Any] | None = None  # metrics.json "interpolation"
+
+
+def _validation_report(view: NovelTransitions, scores: np.ndarray, validation: np.ndarray,
+                       options: LlmStageOptions) -> dict[str, Any]:
+  """The LLM's hit@k by tuple bucket from its [n, M] `scores` of the validation examples."""
+  return hit_rate.evaluate_planners(view, {LLM: scores}, examples=validation,
+                                    rare_max=options.rare_max)["planners"][LLM]
 
 
 def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStageOptions,
@@ -404,8 +430,7 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStag
     def validate(step: int) -> dict[str, Any]:
       planner = _planner(model_at(step), prepared, descriptions, transitions.k, options)
       validation_scores[step] = planner.scores(transitions.history[validation])
-      return hit_rate.evaluate_planners(view, {LLM: validation_scores[step]}, examples=validation,
-                                        rare_max=options.rare_max)["planners"][LLM]
+      return _validation_report(view, validation_scores[step], validation, options)
 
     steps = selection.round_steps(trainer_config.train_steps, options.select_every)
     result, rounds = selection.train_in_rounds(trainer, batches, steps, validate,
@@ -423,9 +448,81 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStag
     raise LlmStageError(f"llm: training stopped on a non-finite loss at step {result.step}; "
                         f"lower make_optimizer.learning_rate (see {ctx.path / MODEL})")
   if chosen is None:
-    return _Trained(trainer, result, trainer.model, None)
+    return _Trained(trainer, result, trainer.model, None, step=None)
   step = chosen["chosen_step"]
-  return _Trained(trainer, result, model_at(step), chosen, validation_scores.get(step))
+  return _Trained(trainer, result, model_at(step), chosen, validation_scores.get(step), step=step)
+
+
+def _interpolation_alphas(options: LlmStageOptions, prepared: _Prepared) -> tuple[float, ...]:
+  """`LlmStageOptions.interpolate`'s alphas, largest first, checked against the run's start."""
+  try:
+    alphas = interpolation.check_options(options.interpolate, options.validation_fraction,
+                                         prepared.task.config.lora_rank)
+  except interpolation.InterpolationError as e:
+    raise LlmStageError(str(e)) from None
+  if alphas and prepared.start is None:
+    raise LlmStageError(f"LlmStageOptions.interpolate={options.interpolate!r} mixes the fine-tuned"
+                        " weights with pretrained ones, but this run trains from scratch: enable"
+                        " the pretrain stage or set LlmStageOptions.pretrained_checkpoint")
+  return alphas
+
+
+def _interpolate(ctx: stages.StageContext, prepared: _Prepared, trained: _Trained, mesh,
+                 options: LlmStageOptions, alphas: tuple[float, ...], descriptions: list[str],
+                 transitions: NovelTransitions) -> _Trained:
+  """The planner's weights mixed with the start's at the validation-chosen alpha.
+
+  Writes them to `merged/` when an alpha < 1 wins (`explore.llm.interpolation`);
+  without alphas returns `trained` as it is.
+  """
+  config = prepared.task.config
+  merged_dir = ctx.path / interpolation.MERGED_DIR
+  if merged_dir.exists():  # an earlier run's choice
+    shutil.rmtree(merged_dir)
+  if not alphas:
+    return trained
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from explore.train import train_step as step_lib  # pylint: disable=g-import-not-at-top
+  start = planner_lib.restore_decoder(config, ctx.path / PRETRAINED, mesh,
+                                      interpolation.START_CHECKPOINT)[0]
+  start_params = step_lib.split_model(start)[1]
+  del start
+  graphdef, tuned, extras = step_lib.split_model(trained.model)
+  fit, validation = _validation_examples(transitions, options, ctx.seed)
+  view = transitions.with_train(fit)
+  scores: dict[float, np.ndarray] = {}
+
+  def model_with(alpha: float):
+    if alpha == 1.0:
+      return trained.model
+    return nnx.merge(graphdef, interpolation.mix(start_params, tuned, alpha), extras)
+
+  def validate(alpha: float) -> dict[str, Any]:
+    if alpha == 1.0 and trained.validation_scores is not None:
+      scores[alpha] = trained.validation_scores
+    else:
+      planner = _planner(model_with(alpha), prepared, descriptions, transitions.k, options)
+      scores[alpha] = planner.scores(transitions.history[validation])
+    return _validation_report(view, scores[alpha], validation, options)
+
+  chosen, candidates = interpolation.choose(alphas, validate, options.select_metric,
+                                            options.select_bucket)
+  alpha = chosen["alpha"]
+  logging.info("llm: interpolation alpha %s chosen on validation %s %s (%s)", alpha,
+               options.select_bucket, options.select_metric,
+               {c["alpha"]: c["validation"][options.select_bucket][options.select_metric]
+                for c in candidates})
+  record = {"alphas": list(alphas), "metric": options.select_metric,
+            "bucket": options.select_bucket, "validation_examples": int(len(validation)),
+            "start": f"{PRETRAINED}/checkpoint_{interpolation.START_CHECKPOINT}",
+            "chosen_alpha": alpha, "candidates": candidates}
+  if alpha == 1.0:
+    return dataclasses.replace(trained, validation_scores=scores[alpha], interpolation=record)
+  model = model_with(alpha)
+  step = trained.step if trained.step is not None else int(trained.result.step)
+  checkpoint_import.write_initial_checkpoint(model, merged_dir, step)
+  return dataclasses.replace(trained, model=model, validation_scores=scores[alpha], step=step,
+                             model_dir=interpolation.MERGED_DIR, interpolation=record)
 
 
 def _planner_scores(view: NovelTransitions, examples: np.ndarray, llm: np.ndarray,
@@ -505,15 +602,18 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
   descriptions, transitions, transitions_path = _load_inputs(ctx)
   mesh = ctx.mesh if ctx.mesh is not None else _default_mesh()
   prepared = _prepare(ctx, options, descriptions, transitions, transitions_path, mesh)
+  alphas = _interpolation_alphas(options, prepared)
   clock.stop("prepare")
 
   clock.start()
   trained = _train(ctx, prepared, mesh, options, descriptions, transitions)
+  trained = _interpolate(ctx, prepared, trained, mesh, options, alphas, descriptions,
+                         transitions)
   trainer, result, chosen = trained.trainer, trained.result, trained.selection
   config = prepared.task.config
   planner_lib.save_planner_spec(ctx.path, config, prepared.bos_id, transitions.k, descriptions,
-                                options.length_normalize,
-                                step=None if chosen is None else chosen["chosen_step"])
+                                options.length_normalize, step=trained.step,
+                                model_dir=trained.model_dir)
   clock.stop("train")
 
   clock.start()
@@ -532,6 +632,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
                                                      next_cluster=transitions.next_cluster[examples]),
       "validation": validation,
       "selection": chosen,
+      "interpolation": trained.interpolation,
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
       "distinct_test_tuples_scored": int(len(np.unique(transitions.history[examples], axis=0))),
@@ -565,5 +666,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
           "train_loss_first": loss_first, "train_loss_last": loss_last,
           "evaluated_examples": int(len(examples)), "seconds": clock.seconds,
           "selected_step": None if chosen is None else chosen["chosen_step"],
+          "interpolation_alpha": (None if trained.interpolation is None
+                                  else trained.interpolation["chosen_alpha"]),
           "pretrained": None if start is None else {
               "checkpoint": str(start.directory), "fingerprint": start.fingerprint["hash"]}}
