@@ -48,6 +48,25 @@ def test_test_ranks_also_exclude_the_validation_item():
   np.testing.assert_array_equal(ranks, [0, 0])
 
 
+def test_unmasked_ranks_keep_the_history_among_the_candidates():
+  split = make_split([[0, 1, 2, 3], [5, 4, 0]], num_items=6)
+  val = data_lib.ranking_examples(split, "val", max_len=3)
+  test = data_lib.ranking_examples(split, "test", max_len=3)
+  scorer = fixed_scorer(DESCENDING)
+  # Validation, user 0: target token 3 behind its history tokens 1 and 2 (masked: rank 0).
+  # User 1: its history token 6 scores lowest, so it changes nothing (rank 4 either way).
+  np.testing.assert_array_equal(
+      evaluation.rank_examples(scorer, val, num_items=6, batch_size=4, mask_history=False),
+      [2, 4])
+  # Test, user 0: target token 4 behind tokens 1-3 (masked: 0); user 1: target token 1, first.
+  np.testing.assert_array_equal(
+      evaluation.rank_examples(scorer, test, num_items=6, batch_size=1, mask_history=False),
+      [3, 0])
+  metrics = evaluation.evaluate(scorer, val, num_items=6, ks=(1, 5), mask_history=False)
+  assert metrics["hr@1"] == 0.0 and metrics["hr@5"] == 1.0
+  assert metrics["ndcg@5"] == pytest.approx((1.0 / math.log2(4) + 1.0 / math.log2(6)) / 2)
+
+
 def test_hr_and_ndcg_values():
   split = make_split([[0, 1, 2, 3], [5, 4, 0]], num_items=6)
   val = data_lib.ranking_examples(split, "val", max_len=3)

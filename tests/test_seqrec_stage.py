@@ -1,5 +1,6 @@
 """Training with validation-based selection (`fit`) and the `seqrec` stage."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from explore import stages
 from explore.data import stage as data_stage
 from explore.data.schema import Interactions
 from explore.seqrec import data as data_lib
+from explore.seqrec import evaluation
 from explore.seqrec import stage as seqrec_stage
 from explore.seqrec import training as training_lib
 from explore.seqrec.model import SeqRecConfig
@@ -77,8 +79,40 @@ def test_fit_beats_most_popular_keeps_the_best_round_and_resumes(tmp_path):
   assert result.vectors.user_vectors.shape == (64, 16)
   assert result.vectors.meta["step"] == best_step
   assert result.seconds_per_epoch > 0
+  assert_unmasked_metrics_rank_the_best_checkpoint(result, split, tmp_path)
   again = training_lib.fit(split, CONFIG, tmp_path, one_device_mesh(), TRAINING)
   assert again.train_history == [] and again.best == result.best
+
+
+def assert_unmasked_metrics_rank_the_best_checkpoint(result, split, work_dir):
+  """The "val_unmasked" / "test_unmasked" metrics rank the best checkpoint, history kept."""
+  model = training_lib.restore_best_model(CONFIG, work_dir, result.best["step"])
+  scorer = evaluation.model_scorer(model)
+  for name in ("val", "test"):
+    examples = data_lib.ranking_examples(split, name, CONFIG.max_len)
+    assert result.best[f"{name}_unmasked"] == evaluation.evaluate(scorer, examples, 40,
+                                                                  mask_history=False)
+    for who in (result.best, result.baseline):  # masking only removes competitors
+      assert who[f"{name}_unmasked"]["hr@10"] <= who[name]["hr@10"]
+  # The most popular items are in most histories: left in, they push the targets down.
+  assert result.baseline["val_unmasked"]["hr@10"] < result.baseline["val"]["hr@10"]
+
+
+def test_mask_history_false_selects_and_reports_with_the_history_kept(tmp_path):
+  # Untrained (lr 1e-9): the scores are random, so the ~10 history items of each user do
+  # push some targets down, and a masked validation would differ.
+  training = dataclasses.replace(TRAINING, train_epochs=2, eval_every_epochs=1,
+                                 learning_rate=1e-9, mask_history=False)
+  split = cyclic_split()
+  result = training_lib.fit(split, CONFIG, tmp_path, one_device_mesh(), training)
+  model = training_lib.restore_best_model(CONFIG, tmp_path, result.best["step"])
+  val = data_lib.ranking_examples(split, "val", CONFIG.max_len)
+  scorer = evaluation.model_scorer(model)
+  unmasked = evaluation.evaluate(scorer, val, 40, mask_history=False)
+  assert [r["val"] for r in result.rounds if r["step"] == result.best["step"]] == [unmasked]
+  assert unmasked != evaluation.evaluate(scorer, val, 40)  # the rounds did not mask
+  for who in (result.best, result.baseline):
+    assert who["val_unmasked"] == who["val"] and who["test_unmasked"] == who["test"]
 
 
 def test_fit_stops_early_when_validation_stalls(tmp_path):
@@ -125,6 +159,8 @@ def test_test_items_do_not_change_the_selected_epoch(tmp_path):
   assert first.best["test"] != second.best["test"]
   assert first.best["test"]["hr@10"] > 0.5 > second.best["test"]["hr@10"]
   assert all("test" not in r for r in first.rounds)
+  assert first.best["val_unmasked"] == second.best["val_unmasked"]
+  assert first.best["test_unmasked"] != second.best["test_unmasked"]
 
 
 TINY_RUN = [
@@ -181,9 +217,13 @@ def test_stage_writes_metrics_vectors_and_checkpoints(tmp_path):
   assert done[-1] == ("seqrec", "run")
   path = run_dir.complete_path("seqrec")
   metrics = json.loads((path / "metrics.json").read_text())
+  assert metrics["history_masked"] is True
   for who in ("model", "most_popular"):
-    for split in ("val", "test"):
+    assert set(metrics[who]) == {"val", "test", "val_unmasked", "test_unmasked"}
+    for split in metrics[who]:
       assert set(metrics[who][split]) == {"hr@10", "ndcg@10", "mrr@10"}
+    for split in ("val", "test"):
+      assert metrics[who][f"{split}_unmasked"]["hr@10"] <= metrics[who][split]["hr@10"]
   assert metrics["softmax"] == "sampled" and metrics["seconds_per_epoch"] > 0
   assert 0 < metrics["seconds_to_best_epoch"] <= metrics["seconds_to_stop"]
   assert metrics["cluster_embeddings"] == 0

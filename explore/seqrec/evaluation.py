@@ -10,6 +10,11 @@ constant scorer is not rewarded. HR@k = P(rank < k); NDCG@k = mean of
 1 / log2(rank + 2) over hits; MRR@k = mean of 1 / (rank + 1) over hits (one
 relevant item per case).
 
+`mask_history=False` leaves the history among the candidates: the protocol of
+RecBole's full-sort evaluation of sequential models (its
+`FullSortEvalDataLoader` gathers history items only for the other model
+types), so that numbers can be compared with RecBole's like for like.
+
 Scoring is batched over users in jitted JAX: [batch, items] scores, a scatter
 of the seen items, one comparison against the target's score.
 """
@@ -83,9 +88,10 @@ def _history_width(longest: int) -> int:
 
 
 def rank_examples(scorer: Scorer, examples: RankingExamples, num_items: int,
-                  batch_size: int = 256) -> np.ndarray:
+                  batch_size: int = 256, mask_history: bool = True) -> np.ndarray:
   """[E] target ranks of all cases, scored `batch_size` users at a time.
 
+  `mask_history`: remove each user's history from the candidates (False keeps it).
   The last batch is padded to `batch_size` (static shapes); padded rows are dropped.
   """
   if not isinstance(batch_size, int) or batch_size < 1:
@@ -95,8 +101,11 @@ def rank_examples(scorer: Scorer, examples: RankingExamples, num_items: int,
   for begin in range(0, len(examples), batch_size):
     rows = np.arange(begin, min(begin + batch_size, len(examples)))
     padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])  # [B]
-    width = _history_width(int(examples.history_length[padded].max()))
-    seen = examples.history_matrix(padded, width)  # [B, H]
+    if mask_history:
+      width = _history_width(int(examples.history_length[padded].max()))
+      seen = examples.history_matrix(padded, width)  # [B, H]
+    else:
+      seen = np.full((batch_size, 1), PAD, np.int32)  # [B, 1] nothing excluded
     scores = scorer(jnp.asarray(examples.inputs[padded]))  # [B, V]
     batch_ranks = target_ranks(scores, jnp.asarray(examples.targets[padded]), jnp.asarray(seen),
                                num_items)
@@ -136,9 +145,11 @@ def popularity_scorer(token_counts: np.ndarray) -> Scorer:
 
 
 def evaluate(scorer: Scorer, examples: RankingExamples, num_items: int,
-             ks: Sequence[int] = DEFAULT_KS, batch_size: int = 256) -> dict[str, float]:
-  """HR@k and NDCG@k of a scorer on validation or test cases."""
-  return ranking_metrics(rank_examples(scorer, examples, num_items, batch_size), ks)
+             ks: Sequence[int] = DEFAULT_KS, batch_size: int = 256,
+             mask_history: bool = True) -> dict[str, float]:
+  """HR@k and NDCG@k of a scorer on validation or test cases (`rank_examples`)."""
+  return ranking_metrics(rank_examples(scorer, examples, num_items, batch_size, mask_history),
+                         ks)
 
 
 def most_popular_baseline(split: LeaveLastOutSplit, examples: RankingExamples,

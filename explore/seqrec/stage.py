@@ -10,7 +10,9 @@ map at the exploration level, and writes into the stage folder:
                     with the popularity prior and its weight tuned for in-cluster retrieval
   metrics.json      the model at its best validation round (test ranked once, after
                     training) and the most-popular baseline (HR@k / NDCG@k / MRR@k,
-                    validation and test), seconds per epoch and to the best epoch,
+                    validation and test; also "val_unmasked" / "test_unmasked", ranked
+                    with the user's history left among the candidates as RecBole does
+                    for sequential models), seconds per epoch and to the best epoch,
                     and "grounding": the best model's retrieval restricted to the
                     test item's cluster (`grounding.py`), with and without the
                     popularity prior (its weight tuned on the validation cases)
@@ -217,7 +219,8 @@ def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
                    seconds=round(time.perf_counter() - start, 3))
   losses = [r["train_loss"] for r in result.rounds if r.get("train_loss") is not None]
   metrics = {
-      "model": {"val": best["val"], "test": best["test"]},
+      "model": {key: best[key] for key in ("val", "test", "val_unmasked", "test_unmasked")},
+      "history_masked": training.mask_history,  # the protocol of "val" / "test"
       "most_popular": result.baseline,
       "grounding": grounding,
       "best_epoch": best["epoch"],
@@ -241,9 +244,10 @@ def seqrec_stage(ctx: stages.StageContext) -> dict[str, Any]:
   }
   artifacts.atomic_write_json(ctx.path / METRICS, metrics)
   k = training.selection_metric.partition("@")[2]
-  logging.info("seqrec: best epoch %d; test HR@%s %.4f NDCG@%s %.4f (most popular %.4f / %.4f)",
-               best["epoch"], k, best["test"][f"hr@{k}"], k, best["test"][f"ndcg@{k}"],
-               result.baseline["test"][f"hr@{k}"], result.baseline["test"][f"ndcg@{k}"])
+  for key in ("test", "test_unmasked"):
+    logging.info("seqrec: best epoch %d; %s HR@%s %.4f NDCG@%s %.4f (most popular %.4f / %.4f)",
+                 best["epoch"], key, k, best[key][f"hr@{k}"], k, best[key][f"ndcg@{k}"],
+                 result.baseline[key][f"hr@{k}"], result.baseline[key][f"ndcg@{k}"])
   _log_grounding(grounding)
   return {key: metrics[key] for key in (
       "model", "most_popular", "grounding", "best_epoch", "epochs_trained", "seconds_per_epoch",

@@ -9,7 +9,11 @@ MRR@k) improves copies that round's checkpoint to `<work_dir>/best_checkpoint/`.
 Training stops after `train_epochs`, or earlier when validation has not
 improved for `patience` epochs. Only then is the test split read, once: the
 best checkpoint is restored and ranked on the test targets, so nothing about
-the test items can reach the choice of the round. Everything is resumable: a
+the test items can reach the choice of the round. The rounds rank with each
+user's history removed from the candidates (`mask_history`); the final ranking
+also reports the best checkpoint with the history left in (`val_unmasked`,
+`test_unmasked`: RecBole's protocol for sequential models, for comparison
+only, never used to choose). Everything is resumable: a
 rerun continues from the trainer's latest checkpoint and the rounds already
 logged.
 """
@@ -77,6 +81,10 @@ class SeqRecTraining:
   ks: tuple[int, ...] = (10,)
   selection_metric: str = "ndcg@10"
   eval_batch_size: int = 256  # users per ranking batch
+  # Remove each user's history from the ranked candidates in the validation rounds (model
+  # selection) and in "val" / "test"; False keeps it (RecBole's full sort of sequential models).
+  # "val_unmasked" / "test_unmasked" are reported either way.
+  mask_history: bool = True
   log_every: int = 50
 
   def __post_init__(self):
@@ -98,9 +106,10 @@ class FitResult:
   """What `fit` reports and hands on."""
 
   model: SeqRecModel  # the trained model at its last round (not necessarily the best)
-  best: dict[str, Any]  # the best validation round (step, epoch, val) + its "test" metrics
+  # The best validation round (step, epoch, val) + its "test", "val_unmasked", "test_unmasked"
+  best: dict[str, Any]
   rounds: list[dict[str, Any]]  # every validation round
-  baseline: dict[str, dict[str, float]]  # most popular: {"val": ..., "test": ...}
+  baseline: dict[str, dict[str, float]]  # most popular: the same four keys as `best`
   vectors: SeqRecVectors  # item and user vectors of the best round
   steps_per_epoch: int
   seconds_per_epoch: float | None  # median wall time of an epoch over rounds (no compile)
@@ -287,7 +296,7 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
               "epochs_trained": (epoch - rounds[-1]["epoch"]) if rounds else epoch,
               "train_loss": result.history[-1]["loss"] if result.history else None,
               "val": evaluation.evaluate(scorer, val, num_items, training.ks,
-                                         training.eval_batch_size)}
+                                         training.eval_batch_size, training.mask_history)}
     is_best = not rounds or record["val"][metric] > max(r["val"][metric] for r in rounds)
     if is_best:
       _copy_checkpoint(work_dir / MODEL_DIR, record["step"], work_dir / BEST_CHECKPOINT)
@@ -305,11 +314,13 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
       on_round(record)
 
   best = dict(best_round(rounds, metric))
-  best["test"], baseline = _final_test(split, model_config, work_dir, best["step"], seed,
-                                       clusters_of_tokens, training, counts, val)
-  _write_scalars(work_dir / MODEL_DIR, best["step"], {"test": best["test"]})
-  logging.info("seqrec: best epoch %d by validation %s; test (read once) %s; most popular %s",
-               best["epoch"], metric, best["test"], baseline)
+  final, baseline = _final_test(split, model_config, work_dir, best["step"], seed,
+                                clusters_of_tokens, training, counts, val, best["val"])
+  best.update(final)
+  _write_scalars(work_dir / MODEL_DIR, best["step"], final)
+  logging.info("seqrec: best epoch %d by validation %s; test (read once) %s, history unmasked "
+               "%s; most popular %s", best["epoch"], metric, best["test"],
+               best["test_unmasked"], baseline)
   per_epoch = [r["train_seconds"] / r["epochs_trained"] for r in rounds[1:]] or [
       r["train_seconds"] / r["epochs_trained"] for r in rounds]
   return FitResult(model=trainer.model, best=best, rounds=rounds, baseline=baseline,
@@ -322,19 +333,32 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
 
 def _final_test(split: data_lib.LeaveLastOutSplit, config: SeqRecConfig, work_dir: Path,
                 best_step: int, seed: int, clusters_of_tokens: np.ndarray | None,
-                training: SeqRecTraining, counts: np.ndarray,
-                val: data_lib.RankingExamples) -> tuple[dict[str, float], dict[str, Any]]:
-  """Test metrics of the best checkpoint, and the most-popular baseline (val and test).
+                training: SeqRecTraining, counts: np.ndarray, val: data_lib.RankingExamples,
+                best_val: dict[str, float]
+                ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+  """The best checkpoint's "test", "val_unmasked" and "test_unmasked" metrics, and the
+  most-popular baseline's (and its "val").
 
   The only place `fit` reads the test targets: after the rounds are chosen.
+  `best_val`: the best round's validation metrics (`training.mask_history`'s protocol).
   """
   test = data_lib.ranking_examples(split, "test", config.max_len)
   model = restore_best_model(config, work_dir, best_step, seed)
+
+  def rank(scorer, examples, mask_history=training.mask_history):
+    return evaluation.evaluate(scorer, examples, config.num_items, training.ks,
+                               training.eval_batch_size, mask_history)
+
+  def unmasked(scorer, examples, metrics):  # `metrics` are unmasked already without masking
+    return rank(scorer, examples, mask_history=False) if training.mask_history else metrics
+
   scorer = evaluation.model_scorer(model, clusters_of_tokens)
-  model_test = evaluation.evaluate(scorer, test, config.num_items, training.ks,
-                                   training.eval_batch_size)
+  model_test = rank(scorer, test)
+  model_metrics = {"test": model_test, "val_unmasked": unmasked(scorer, val, best_val),
+                   "test_unmasked": unmasked(scorer, test, model_test)}
   popular = evaluation.popularity_scorer(counts)
-  baseline = {name: evaluation.evaluate(popular, examples, config.num_items, training.ks,
-                                        training.eval_batch_size)
-              for name, examples in (("val", val), ("test", test))}
-  return model_test, baseline
+  baseline = {}
+  for name, examples in (("val", val), ("test", test)):
+    baseline[name] = rank(popular, examples)
+    baseline[f"{name}_unmasked"] = unmasked(popular, examples, baseline[name])
+  return model_metrics, baseline
