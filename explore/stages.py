@@ -188,11 +188,10 @@ def _decide(stage: Stage, run_dir: rundir_lib.RunDir, config: dict[str, Any],
     return "run"
   if state == "corrupt":
     run_dir.check_complete(stage.name)  # raises, naming the files and the fix
+  wanted = rundir_lib.fingerprint(config)
   # A stage made before some of its bindings were ignored is still up to date.
-  if manifest.config_hash != rundir_lib.fingerprint(config) and (
-      not stage.ignored_bindings or rundir_lib.fingerprint(
-          _without_ignored(manifest.config, stage.ignored_bindings)) !=
-      rundir_lib.fingerprint(config)):
+  if manifest.config_hash != wanted and rundir_lib.fingerprint(
+      _without_ignored(manifest.config, stage.ignored_bindings)) != wanted:
     diff = "\n  ".join(rundir_lib.config_diff(manifest.config, config))
     raise StageError(
         f"run directory {run_dir.root}: stage {stage.name!r} was made with another config:\n  "

@@ -448,7 +448,7 @@ def _train(ctx: stages.StageContext, prepared: _Prepared, mesh, options: LlmStag
     raise LlmStageError(f"llm: training stopped on a non-finite loss at step {result.step}; "
                         f"lower make_optimizer.learning_rate (see {ctx.path / MODEL})")
   if chosen is None:
-    return _Trained(trainer, result, trainer.model, None, step=None)
+    return _Trained(trainer, result, trainer.model, None)
   step = chosen["chosen_step"]
   return _Trained(trainer, result, model_at(step), chosen, validation_scores.get(step), step=step)
 
