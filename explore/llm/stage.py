@@ -15,7 +15,10 @@ source; writes into the stage folder:
                         `explore.llm.planner`) without rerunning the stage
   fit_task_source/      with `LlmStageOptions.validation_fraction` > 0: the curated
                         pairs of the train examples before the validation cut
-                        (train.tsv, fine-tuned on) and the held-out ones (test.tsv)
+                        (train.tsv, fine-tuned on) and the held-out ones (test.tsv);
+                        with `LlmStageOptions.count_targets` > 0 train.tsv also holds
+                        the distilled count targets (test.tsv: the test pairs
+                        without a held-out split)
   selection.jsonl       with `LlmStageOptions.select_every`: each round's step,
                         train loss and validation hit@k (`explore.llm.selection`);
                         planner.json "step" names the chosen round's checkpoint
@@ -30,7 +33,9 @@ source; writes into the stage folder:
                         first / last; seconds and CPU seconds per phase; with
                         a held-out validation split, the same hit@k on it
                         ("validation"), to choose settings on; "selection":
-                        the rounds and the chosen step (None without select_every)
+                        the rounds and the chosen step (None without select_every);
+                        "count_targets": the distilled targets' weight, top,
+                        pairs added and share of the total weight (None without)
 The folder of an interrupted run is kept (same config), so training resumes
 from the latest checkpoint. TensorFlow and seqio are never imported here.
 """
@@ -56,6 +61,7 @@ from explore.eval import bootstrap
 from explore.eval import hit_rate
 from explore.eval import planners as planners_lib
 from explore.llm import checkpoint_import
+from explore.llm import count_targets as count_targets_lib
 from explore.llm import decoder_task  # registers DecoderTask / DecoderConfig
 from explore.llm import features
 from explore.llm import free_decode
@@ -128,6 +134,13 @@ class LlmStageOptions:
       * start + alpha * fine-tuned; the planner keeps the alpha (or the
       fine-tuned weights, alpha 1) with the best validation `select_metric` on
       `select_bucket` (`explore.llm.interpolation`). (): no interpolation.
+    count_targets: also fine-tune on the last-cluster count planner's
+      distribution as soft targets: each history tuple's `count_targets_top`
+      most likely novel clusters after its last cluster, with weights adding up
+      to this times the tuple's curated weight (`explore.llm.count_targets`),
+      counted on the fine-tuning examples only (never the held-out ones),
+      into `fit_task_source/`. 0: none.
+    count_targets_top: the clusters per tuple that `count_targets` keeps.
   """
 
   pretrained_checkpoint: str | None = None
@@ -142,6 +155,8 @@ class LlmStageOptions:
   select_metric: str = "hit@5"
   select_bucket: str = "all"
   interpolate: tuple[float, ...] = ()
+  count_targets: float = 0.0
+  count_targets_top: int = 10
 
   def __post_init__(self):
     if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -153,6 +168,13 @@ class LlmStageOptions:
       raise LlmStageError(f"LlmStageOptions.train_epochs={self.train_epochs} must be > 0 or None")
     if not self.corpus_mix >= 0:
       raise LlmStageError(f"LlmStageOptions.corpus_mix={self.corpus_mix} must be >= 0")
+    if not (np.isfinite(self.count_targets) and self.count_targets >= 0):
+      raise LlmStageError(f"LlmStageOptions.count_targets={self.count_targets} must be finite "
+                          "and >= 0")
+    if (isinstance(self.count_targets_top, bool) or
+        not isinstance(self.count_targets_top, (int, np.integer)) or self.count_targets_top < 1):
+      raise LlmStageError(f"LlmStageOptions.count_targets_top={self.count_targets_top!r} must be "
+                          "an integer >= 1")
     if not 0.0 <= self.validation_fraction < 1.0:
       raise LlmStageError(f"LlmStageOptions.validation_fraction={self.validation_fraction} "
                           "must be in [0, 1)")
@@ -274,25 +296,56 @@ def _load_inputs(ctx: stages.StageContext) -> tuple[list[str], NovelTransitions,
   return descriptions, transitions, transitions_path
 
 
+def fine_tuning_pairs(transitions: NovelTransitions, options: LlmStageOptions
+                      ) -> tuple[counts_lib.TupleCounts, counts_lib.TupleCounts,
+                                 dict[str, Any] | None]:
+  """(pairs to fine-tune on, held-out pairs, metrics.json "count_targets").
+
+  The pairs are counted and curated (the transitions stage's `curate`
+  bindings) from the train examples before the validation cut with
+  `validation_fraction` > 0 (held out: the pairs after it), else from every
+  train example (held out: the test pairs). With `count_targets` > 0 the
+  last-cluster counts of those same examples are added as soft targets.
+  """
+  if options.validation_fraction:
+    fit, held_out = blend.validation_split(transitions, options.validation_fraction)
+    counts = transitions.with_train(fit).tuple_counts(TRAIN)
+    test = counts_lib.count_tuples(transitions.history[held_out],
+                                   transitions.next_cluster[held_out])
+    logging.info("llm: fine-tuning on %d train examples before the validation cut, %d held out",
+                 len(fit), len(held_out))
+  else:
+    counts, test = transitions.tuple_counts(TRAIN), transitions.tuple_counts(TEST)
+  curated = counts_lib.curate(counts)
+  if not options.count_targets:
+    return curated, test, None
+  train = count_targets_lib.add_count_targets(curated, counts, transitions.num_clusters,
+                                              options.count_targets, options.count_targets_top)
+  total = float(train.weight.sum())
+  record = {"weight": options.count_targets, "top": options.count_targets_top,
+            "pairs_added": int(len(train) - len(curated)),
+            "weight_share": (total - float(curated.weight.sum())) / total if total else 0.0}
+  return train, test, record
+
+
 def _training_source(ctx: stages.StageContext, options: LlmStageOptions,
                      descriptions: list[str], transitions: NovelTransitions,
-                     transitions_path: Path) -> Path:
-  """The task-source TSV to fine-tune on: the transitions stage's, or its held-out version.
+                     transitions_path: Path) -> tuple[Path, dict[str, Any] | None]:
+  """(the task-source TSV to fine-tune on, metrics.json "count_targets").
 
-  With `validation_fraction` > 0 the pairs are recounted and curated (the
-  transitions stage's `curate` bindings) from the train examples before the
-  validation cut only, into `fit_task_source/`.
+  The transitions stage's train.tsv, or with `validation_fraction` or
+  `count_targets` > 0 `fine_tuning_pairs` written into `fit_task_source/`.
   """
-  if not options.validation_fraction:
-    return transitions_path / transitions_stage.TASK_SOURCE / task_source.SPLIT_FILES["train"]
-  fit, held_out = blend.validation_split(transitions, options.validation_fraction)
-  paths = task_source.export_task_source(
-      ctx.path / FIT_TASK_SOURCE, counts_lib.curate(transitions.with_train(fit).tuple_counts(TRAIN)),
-      counts_lib.count_tuples(transitions.history[held_out], transitions.next_cluster[held_out]),
-      descriptions)
-  logging.info("llm: fine-tuning on %d train examples before the validation cut, %d held out",
-               len(fit), len(held_out))
-  return paths["train"]
+  if not options.validation_fraction and not options.count_targets:
+    return (transitions_path / transitions_stage.TASK_SOURCE / task_source.SPLIT_FILES["train"],
+            None)
+  train, held_out, record = fine_tuning_pairs(transitions, options)
+  paths = task_source.export_task_source(ctx.path / FIT_TASK_SOURCE, train, held_out,
+                                         descriptions)
+  if record is not None:
+    logging.info("llm: %d distilled count-target pairs added, %.1f%% of the weight",
+                 record["pairs_added"], 100 * record["weight_share"])
+  return paths["train"], record
 
 
 @dataclasses.dataclass
@@ -305,6 +358,7 @@ class _Prepared:
   arrays: dict[str, np.ndarray]
   bos_id: int
   start: Any  # pretrained_lib's prepared start, or None from scratch
+  count_targets: dict[str, Any] | None = None  # metrics.json "count_targets"
 
 
 def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: list[str],
@@ -336,9 +390,9 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
   tokenizer_lib.check_descriptions_tokenize_uniquely(tokenizer, descriptions)
   tokenizer_lib.check_vocab_matches(tokenizer, config.vocab_size,
                                     allow_padding=start is not None)
-  arrays = features.novel_interest_arrays(
-      _training_source(ctx, options, descriptions, transitions, transitions_path), tokenizer,
-      descriptions=descriptions)
+  source, count_targets = _training_source(ctx, options, descriptions, transitions,
+                                           transitions_path)
+  arrays = features.novel_interest_arrays(source, tokenizer, descriptions=descriptions)
   if options.corpus_mix > 0:
     arrays = pretrain_stage.mix_corpus_rows(arrays, pretrain_stage.load_corpus_rows(
         ctx.input_path(pretrain_stage.PRETRAIN), tokenizer,
@@ -360,7 +414,7 @@ def _prepare(ctx: stages.StageContext, options: LlmStageOptions, descriptions: l
     pretrained_lib.write_initial_checkpoint_once(start, ctx.path / PRETRAINED, mesh,
                                                  stale=(ctx.path / MODEL,))
   return _Prepared(task=task, trainer_config=trainer_config, tokenizer=tokenizer,
-                   arrays=arrays, bos_id=int(bos_id), start=start)
+                   arrays=arrays, bos_id=int(bos_id), start=start, count_targets=count_targets)
 
 
 def _planner(model, prepared: _Prepared, descriptions: list[str], k: int,
@@ -633,6 +687,7 @@ def llm_stage(ctx: stages.StageContext) -> dict[str, Any]:
       "validation": validation,
       "selection": chosen,
       "interpolation": trained.interpolation,
+      "count_targets": prepared.count_targets,
       "test_examples": int(len(transitions.indices(TEST))),
       "evaluated_examples": int(len(examples)),
       "distinct_test_tuples_scored": int(len(np.unique(transitions.history[examples], axis=0))),

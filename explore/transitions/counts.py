@@ -75,16 +75,24 @@ def lexicographic_ids(rows: np.ndarray) -> tuple[np.ndarray, int]:
 
 def count_tuples(history: np.ndarray, next_cluster: np.ndarray) -> TupleCounts:
   """Counts identical (history, next) rows of a set of examples."""
+  ones = np.ones(len(next_cluster), np.int64)  # [n]
+  return sum_pairs(history, next_cluster, ones, ones.astype(np.float64))
+
+
+def sum_pairs(history: np.ndarray, next_cluster: np.ndarray, count: np.ndarray,
+              weight: np.ndarray) -> TupleCounts:
+  """Adds up the `count` and `weight` of identical (history, next) rows into sorted pairs."""
   history = np.asarray(history, np.int32)  # [n, K]
   next_cluster = np.asarray(next_cluster, np.int32)  # [n]
   rows = np.concatenate([history, next_cluster[:, None]], axis=1)  # [n, K + 1]
   ids, num_pairs = lexicographic_ids(rows)  # [n]
-  count = np.bincount(ids, minlength=num_pairs)  # [m]
   representative = np.zeros(num_pairs, np.int64)
   representative[ids] = np.arange(len(ids))  # any row of each pair
   unique = rows[representative]  # [m, K + 1], sorted lexicographically
+  total = np.bincount(ids, weights=count, minlength=num_pairs)  # [m], exact below 2**53
   return TupleCounts(history=unique[:, :-1].copy(), next_cluster=unique[:, -1].copy(),
-                     count=count.astype(np.int64), weight=count.astype(np.float64))
+                     count=total.astype(np.int64),
+                     weight=np.bincount(ids, weights=weight, minlength=num_pairs))
 
 
 @gin.configurable
