@@ -32,6 +32,7 @@ THIRD_PARTY = {
     "torch": "torch", "transformers": "transformers", "sklearn": "scikit-learn",
     "ml_dtypes": "ml-dtypes", "tokenizers": "tokenizers", "tqdm": "tqdm",
     "starlette": "starlette", "uvicorn": "uvicorn", "matplotlib": "matplotlib",
+    "recbole": "recbole",
 }
 # Files a module reads at run time besides Python (the serving page's HTML and JS).
 DATA_GLOBS = {"explore/serving/server.py": 'glob(["static/*"])'}
