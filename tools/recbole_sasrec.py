@@ -10,7 +10,8 @@ evaluator, which it prints beside) and with them removed (the protocol of
 `explore/seqrec/evaluation.py`). It also reports where the model ranks the
 newest item of its own input, how many of the user's earlier items reach its
 top 10, and whether explore's `SeqRecModel` given the trained weights computes
-the same scores, training loss and gradients ("parity"). docs/seqrec.md, "RecBole's SASRec, run here".
+the same scores, training loss and gradients ("parity"). Results: docs/seqrec.md,
+"RecBole's SASRec, run here".
 
 RecBole is not a dependency of explore (it pins NumPy 1 names and pulls ray);
 run it in its own virtual environment that sees the system's packages:
