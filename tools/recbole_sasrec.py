@@ -57,12 +57,13 @@ def write_atomic_file(ratings: Path, data_dir: Path) -> None:
 
 
 def rank_users(model, loader, seen: dict[int, set[int]], later: dict[int, set[int]]
-               ) -> dict[str, float]:
-  """HR / NDCG@10 with the history kept and removed; where the newest input item ranks."""
+               ) -> dict[str, object]:
+  """HR / NDCG / MRR@10 with the history kept and removed; where the newest input item ranks."""
   import torch  # pylint: disable=import-outside-toplevel
 
-  hits = {"unmasked": [], "masked": []}
-  gains = {"unmasked": [], "masked": []}
+  from explore.seqrec import evaluation  # pylint: disable=import-outside-toplevel
+
+  ranks = {"unmasked": [], "masked": []}
   newest_rank, history_in_top = [], []
   with torch.no_grad():
     for batch in loader:
@@ -77,19 +78,13 @@ def rank_users(model, loader, seen: dict[int, set[int]], later: dict[int, set[in
         row = scores[r]
         history = seen[user] - {target} - later.get(user, set())
         above = int((row > row[target]).sum())
-        ranks = {"unmasked": above,
-                 "masked": above - int((row[np.fromiter(history, int)] > row[target]).sum())}
-        for key, rank in ranks.items():
-          hits[key].append(rank < TOP_K)
-          gains[key].append(1.0 / np.log2(rank + 2) if rank < TOP_K else 0.0)
+        ranks["unmasked"].append(above)
+        ranks["masked"].append(above - int((row[np.fromiter(history, int)] > row[target]).sum()))
         newest = inputs[r, lengths[r] - 1]
         newest_rank.append(int((row > row[newest]).sum()))
         history_in_top.append(len(set(np.argsort(-row)[:TOP_K].tolist()) & history))
   newest_rank = np.asarray(newest_rank)
-  report = {}
-  for key in hits:
-    report[f"hr@{TOP_K}_{key}"] = float(np.mean(hits[key]))
-    report[f"ndcg@{TOP_K}_{key}"] = float(np.mean(gains[key]))
+  report = {key: evaluation.ranking_metrics(np.asarray(r), (TOP_K,)) for key, r in ranks.items()}
   report.update(newest_input_item_median_rank=float(np.median(newest_rank)),
                 newest_input_item_first=float(np.mean(newest_rank == 0)),
                 newest_input_item_in_top10=float(np.mean(newest_rank < TOP_K)),
