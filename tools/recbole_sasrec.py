@@ -13,6 +13,17 @@ top 10, and whether explore's `SeqRecModel` given the trained weights computes
 the same scores, training loss and gradients ("parity"). Results: docs/seqrec.md,
 "RecBole's SASRec, run here".
 
+The order of a user's items. RecBole keeps a `:float` field as float32, whose step
+is 64 s for Unix times of 1987-2004 and 128 s after, so it sorts ratings made
+within a minute or two of each other as ties and keeps those in file order
+(ascending movieId in ratings.csv): `--time_order=recbole` (the default) trains
+on that order, as RecBole's users do. `--time_order=exact` writes each timestamp
+as its rank among the distinct timestamps (exact in float32), so RecBole sees the
+exact time order with only same-second ties in file order: the order explore's
+MovieLens loader uses. `--export_movielens=DIR` writes a MovieLens folder whose
+ratings carry the float32 timestamps (movies, tags and links copied), so explore
+can train on RecBole's order (`--gin.MOVIELENS_DIR`), and exits without RecBole.
+
 RecBole is not a dependency of explore (it pins NumPy 1 names and pulls ray);
 run it in its own virtual environment that sees the system's packages:
 
@@ -23,6 +34,8 @@ run it in its own virtual environment that sees the system's packages:
   TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/rbenv/bin/python tools/recbole_sasrec.py \
       --ratings=../shared/data/ml-latest-small/ratings.csv --work_dir=/tmp/recbole \
       --epochs=25 --seed=2020
+  python3 tools/recbole_sasrec.py --ratings=../shared/data/ml-latest-small/ratings.csv \
+      --export_movielens=/tmp/ml_recbole_order
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import csv
 import json
 import os
 from pathlib import Path
+import shutil
 import time
 
 import numpy as np
@@ -40,20 +54,77 @@ DATASET = "movielens"
 TOP_K = 10
 
 
-def write_atomic_file(ratings: Path, data_dir: Path) -> None:
-  """ratings.csv (userId, movieId, rating, timestamp) -> RecBole's `<dataset>.inter`."""
+TIME_ORDERS = ("recbole", "exact")
+MOVIELENS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+
+
+def read_ratings(ratings: Path) -> list[dict[str, str]]:
+  """The rows of a MovieLens ratings.csv, with its columns checked."""
   if not ratings.is_file():
     raise SystemExit(f"--ratings={ratings}: file not found (MovieLens ratings.csv)")
-  target = data_dir / DATASET / f"{DATASET}.inter"
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with ratings.open(newline="") as src, target.open("w") as dst:
+  with ratings.open(newline="") as src:
     reader = csv.DictReader(src)
-    missing = {"userId", "movieId", "rating", "timestamp"} - set(reader.fieldnames or ())
+    missing = set(MOVIELENS_COLUMNS) - set(reader.fieldnames or ())
     if missing:
       raise SystemExit(f"--ratings={ratings}: columns {sorted(missing)} are missing")
+    rows = list(reader)
+  for line, row in enumerate(rows, start=2):
+    if not row["timestamp"].strip().isdigit():
+      raise SystemExit(f"--ratings={ratings}: line {line}: timestamp {row['timestamp']!r} is "
+                       "not a non-negative integer")
+  return rows
+
+
+def float32_timestamps(timestamps: np.ndarray) -> np.ndarray:
+  """The Unix times RecBole sorts by: each rounded to the nearest float32."""
+  return np.asarray(timestamps, np.float64).astype(np.float32).astype(np.int64)
+
+
+def timestamp_ranks(timestamps: np.ndarray) -> np.ndarray:
+  """Each timestamp's rank among the distinct ones: the same order, exact in float32."""
+  ranks = np.unique(np.asarray(timestamps, np.int64), return_inverse=True)[1]
+  if len(ranks) and ranks.max() >= 2**24:
+    raise SystemExit(f"{ranks.max() + 1} distinct timestamps: more than float32 holds exactly")
+  return ranks.astype(np.int64)
+
+
+def write_atomic_file(ratings: Path, data_dir: Path, time_order: str = "recbole") -> None:
+  """ratings.csv (userId, movieId, rating, timestamp) -> RecBole's `<dataset>.inter`."""
+  if time_order not in TIME_ORDERS:
+    raise SystemExit(f"--time_order={time_order!r}: must be one of {TIME_ORDERS}")
+  rows = read_ratings(ratings)
+  stamps = np.array([int(row["timestamp"]) for row in rows], np.int64)
+  if time_order == "exact":
+    stamps = timestamp_ranks(stamps)
+  target = data_dir / DATASET / f"{DATASET}.inter"
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open("w") as dst:
     dst.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
-    for row in reader:
-      dst.write(f"{row['userId']}\t{row['movieId']}\t{row['rating']}\t{row['timestamp']}\n")
+    for row, stamp in zip(rows, stamps.tolist()):
+      dst.write(f"{row['userId']}\t{row['movieId']}\t{row['rating']}\t{stamp}\n")
+
+
+def export_movielens(ratings: Path, out_dir: Path) -> int:
+  """A MovieLens folder in RecBole's order: ratings with float32 timestamps, the rest copied.
+
+  Returns how many ratings changed timestamp. Writes into a fresh folder only (never over a
+  MovieLens folder already there).
+  """
+  rows = read_ratings(ratings)
+  if out_dir.exists() and any(out_dir.iterdir()):
+    raise SystemExit(f"--export_movielens={out_dir}: the folder exists and is not empty")
+  stamps = np.array([int(row["timestamp"]) for row in rows], np.int64)
+  rounded = float32_timestamps(stamps)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with (out_dir / "ratings.csv").open("w", newline="") as dst:
+    writer = csv.writer(dst)
+    writer.writerow(MOVIELENS_COLUMNS)
+    for row, stamp in zip(rows, rounded.tolist()):
+      writer.writerow([row["userId"], row["movieId"], row["rating"], stamp])
+  for name in ("movies.csv", "tags.csv", "links.csv"):
+    if (ratings.parent / name).is_file():
+      shutil.copyfile(ratings.parent / name, out_dir / name)
+  return int((rounded != stamps).sum())
 
 
 def rank_users(model, loader, seen: dict[int, set[int]], later: dict[int, set[int]]
@@ -207,10 +278,21 @@ def check_parity(model, config, train_batch, test_batch) -> dict[str, float]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--ratings", type=Path, required=True, help="MovieLens ratings.csv")
-  parser.add_argument("--work_dir", type=Path, required=True)
+  parser.add_argument("--work_dir", type=Path, help="where RecBole writes (required to train)")
   parser.add_argument("--epochs", type=int, default=300)
   parser.add_argument("--seed", type=int, default=2020, help="RecBole's default seed")
+  parser.add_argument("--time_order", default="recbole", choices=TIME_ORDERS,
+                      help="recbole: float32 timestamps, as RecBole sorts; exact: the exact order")
+  parser.add_argument("--export_movielens", type=Path, default=None,
+                      help="write a MovieLens folder in RecBole's order here and exit")
   args = parser.parse_args()
+  if args.export_movielens is not None:
+    changed = export_movielens(args.ratings.resolve(), args.export_movielens)
+    print(f"{args.export_movielens}: MovieLens with float32 timestamps ({changed} changed)")
+    return
+  if args.work_dir is None:
+    raise SystemExit("--work_dir is required to train (RecBole writes its data, logs and "
+                     "checkpoints there)")
 
   # RecBole 1.2.1 aliases NumPy names that NumPy 2 removed; give them their NumPy 2 values.
   for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
@@ -224,7 +306,7 @@ def main() -> None:
   from recbole.utils import init_logger, init_seed
 
   args.work_dir = args.work_dir.resolve()
-  write_atomic_file(args.ratings.resolve(), args.work_dir / "data")
+  write_atomic_file(args.ratings.resolve(), args.work_dir / "data", args.time_order)
   os.chdir(args.work_dir)  # RecBole writes log/ and log_tensorboard/ into the working folder
   config = Config(model="SASRec", dataset=DATASET, config_dict={
       "data_path": str(args.work_dir / "data"),
@@ -274,7 +356,7 @@ def main() -> None:
       "test": rank_users(model, test_data, seen, {}),
       "valid": rank_users(model, valid_data, seen, test_targets),
       "parity": check_parity(model, config, next(iter(train_data)), next(iter(test_data))[0]),
-      "seed": args.seed, "epochs": args.epochs}
+      "seed": args.seed, "epochs": args.epochs, "time_order": args.time_order}
   text = json.dumps(report, indent=1)
   (args.work_dir / "report.json").write_text(text + "\n")
   print(text)
