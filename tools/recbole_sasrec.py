@@ -52,14 +52,12 @@ import numpy as np
 
 DATASET = "movielens"
 TOP_K = 10
-
-
 TIME_ORDERS = ("recbole", "exact")
 MOVIELENS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 
 
-def read_ratings(ratings: Path) -> list[dict[str, str]]:
-  """The rows of a MovieLens ratings.csv, with its columns checked."""
+def read_ratings(ratings: Path) -> tuple[list[dict[str, str]], np.ndarray]:
+  """The rows of a MovieLens ratings.csv (columns checked) and their int64 timestamps."""
   if not ratings.is_file():
     raise SystemExit(f"--ratings={ratings}: file not found (MovieLens ratings.csv)")
   with ratings.open(newline="") as src:
@@ -72,7 +70,7 @@ def read_ratings(ratings: Path) -> list[dict[str, str]]:
     if not row["timestamp"].strip().isdigit():
       raise SystemExit(f"--ratings={ratings}: line {line}: timestamp {row['timestamp']!r} is "
                        "not a non-negative integer")
-  return rows
+  return rows, np.array([int(row["timestamp"]) for row in rows], np.int64)
 
 
 def float32_timestamps(timestamps: np.ndarray) -> np.ndarray:
@@ -92,8 +90,7 @@ def write_atomic_file(ratings: Path, data_dir: Path, time_order: str = "recbole"
   """ratings.csv (userId, movieId, rating, timestamp) -> RecBole's `<dataset>.inter`."""
   if time_order not in TIME_ORDERS:
     raise SystemExit(f"--time_order={time_order!r}: must be one of {TIME_ORDERS}")
-  rows = read_ratings(ratings)
-  stamps = np.array([int(row["timestamp"]) for row in rows], np.int64)
+  rows, stamps = read_ratings(ratings)
   if time_order == "exact":
     stamps = timestamp_ranks(stamps)
   target = data_dir / DATASET / f"{DATASET}.inter"
@@ -110,10 +107,9 @@ def export_movielens(ratings: Path, out_dir: Path) -> int:
   Returns how many ratings changed timestamp. Writes into a fresh folder only (never over a
   MovieLens folder already there).
   """
-  rows = read_ratings(ratings)
+  rows, stamps = read_ratings(ratings)
   if out_dir.exists() and any(out_dir.iterdir()):
     raise SystemExit(f"--export_movielens={out_dir}: the folder exists and is not empty")
-  stamps = np.array([int(row["timestamp"]) for row in rows], np.int64)
   rounded = float32_timestamps(stamps)
   out_dir.mkdir(parents=True, exist_ok=True)
   with (out_dir / "ratings.csv").open("w", newline="") as dst:
