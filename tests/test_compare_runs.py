@@ -1,6 +1,8 @@
 """tools/compare_runs.py: the best count planner side and the command line's checks."""
 
+import dataclasses
 import json
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -57,3 +59,34 @@ def test_run_scores_blends_the_kept_llm_scores_with_last_cluster_counts(tmp_path
   # Train pairs by last cluster: 1 -> 2 five times, 2 -> 3 once; the tests end in 1, 2, 3.
   counts = np.array([[0, 0, 5, 0], [0, 0, 0, 1], [0, 0, 0, 0]], np.float64)
   np.testing.assert_allclose(blended, llm + 2.0 * np.log1p(counts), rtol=1e-6)
+
+
+def _fake_runs(monkeypatch, worlds):
+  """compare_runs reads {run dir: (transitions, examples, rare_max, llm scores)}."""
+  monkeypatch.setattr(compare_runs, "load_run", lambda run: worlds[str(run)][:3])
+  monkeypatch.setattr(compare_runs, "run_scores",
+                      lambda run, transitions, examples, planner: worlds[str(run)][3])
+
+
+def test_across_worlds_pairs_each_run_with_its_own_world(monkeypatch):
+  one = hand_made_transitions()
+  other = dataclasses.replace(one, next_cluster=np.array([2] * 5 + [3] + [3, 2, 2], np.int32))
+  test = one.indices(TEST)
+  hit_one = np.array([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [1.0, 0, 0, 0]])  # truth 3, 0, 0
+  hit_other = np.array([[0, 0, 0, 1.0], [0, 0, 1.0, 0], [0, 0, 1.0, 0]])  # truth 3, 2, 2
+  _fake_runs(monkeypatch, {"w0": (one, test, 4, hit_one), "w1": (other, test, 4, hit_other),
+                           "c0": (one, test, 4, hit_other), "c1": (other, test, 4, hit_one),
+                           "w0_seed1": (one, test, 4, hit_one)})
+  result, label = compare_runs.compare_worlds([Path("w0"), Path("w1")],
+                                              [Path("c0"), Path("c1")], "llm", 1, 50)
+  assert label == "c0, c1"
+  assert result["all"]["runs_a"] == [1.0, 1.0]
+  assert result["all"]["a"] == 1.0 and result["all"]["b"] < 1.0
+  counts, label = compare_runs.compare_worlds([Path("w0"), Path("w1")], None, "llm", 1, 50)
+  assert label.endswith("counts") and counts["worlds"] == 2
+  with pytest.raises(SystemExit, match="w0 and w0_seed1 are the same world"):
+    compare_runs.compare_worlds([Path("w0"), Path("w0_seed1")], None, "llm", 1, 50)
+  with pytest.raises(SystemExit, match="2 --run_a but 1 --run_b"):
+    compare_runs.compare_worlds([Path("w0"), Path("w1")], [Path("c0")], "llm", 1, 50)
+  with pytest.raises(SystemExit, match="w1 and c0 did not evaluate the same test examples"):
+    compare_runs.compare_worlds([Path("w0"), Path("w1")], [Path("c0"), Path("c0")], "llm", 1, 50)

@@ -91,3 +91,45 @@ def test_pooled_buckets_averages_each_sides_runs():
     bootstrap.pooled_buckets(transitions, [], [miss_all], test)
   with pytest.raises(bootstrap.BootstrapError, match="same shape"):
     bootstrap.pooled_buckets(transitions, [hit_all, hit_all[:, :3]], [miss_all], test)
+
+
+def test_strata_resample_each_group_within_itself():
+  # Group 0 always differs by +1, group 1 by -1: within-group resamples keep the pooled mean at
+  # exactly (3 - 2) / 5, so the stratified interval is a point; unstratified it is not.
+  a = np.array([1, 1, 1, 0, 0], float)
+  b = np.array([0, 0, 0, 1, 1], float)
+  strata = np.array([0, 0, 0, 1, 1])
+  ci = bootstrap.paired_difference_ci(a, b, samples=500, strata=strata)
+  assert ci["difference"] == pytest.approx(0.2)
+  assert ci["low"] == pytest.approx(0.2) and ci["high"] == pytest.approx(0.2)
+  plain = bootstrap.paired_difference_ci(a, b, samples=500)
+  assert plain["high"] - plain["low"] > 0.5
+  one_group = bootstrap.paired_difference_ci(a, b, samples=500, strata=np.zeros(5, int))
+  assert one_group["low"] == pytest.approx(plain["low"])
+  assert one_group["high"] == pytest.approx(plain["high"])
+  with pytest.raises(bootstrap.BootstrapError, match="strata has shape"):
+    bootstrap.paired_difference_ci(a, b, strata=np.zeros(4, int))
+
+
+def test_across_worlds_pools_each_worlds_own_examples():
+  transitions = hand_made_transitions()
+  test = transitions.indices(TEST)
+  # Scores that hit@1 (truth 3, 0, 0; clusters engaged before are excluded) and scores that miss.
+  hit = np.array([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+  miss = np.array([[1.0, 0.9, 0.8, -1], [-1, 1.0, 0.9, 0.8], [-1, 0.9, 0.8, 1.0]])
+  out = bootstrap.across_worlds([(transitions, hit, miss, test, 4),
+                                 (transitions, miss[:2], miss[:2], test[:2], 4)], k=1,
+                                samples=200)
+  # world 0: a hits 3 of 3, b 0 of 3 (frequent, rare, unseen); world 1: both miss 2 of 2
+  assert out["worlds"] == 2
+  assert out["all"]["examples"] == 5
+  assert out["all"]["a"] == pytest.approx(3 / 5) and out["all"]["b"] == 0.0
+  assert out["all"]["runs_a"] == [1.0, 0.0] and out["all"]["runs_b"] == [0.0, 0.0]
+  # per-world differences are constant (1 and 0), so the stratified interval is a point
+  assert out["all"]["low"] == pytest.approx(0.6) and out["all"]["high"] == pytest.approx(0.6)
+  assert out["unseen"]["examples"] == 1 and out["unseen"]["runs_a"] == [1.0, None]
+  with pytest.raises(bootstrap.BootstrapError, match="world 1 has scores"):
+    bootstrap.across_worlds([(transitions, hit, miss, test, 4),
+                             (transitions, hit, miss[:2], test, 4)], k=1)
+  with pytest.raises(bootstrap.BootstrapError, match="no worlds"):
+    bootstrap.across_worlds([], k=1)

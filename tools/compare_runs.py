@@ -19,10 +19,20 @@ overall hit@k on these examples), fitted on the runs' train examples.
 LLM's scores plus the run's tuned weight (`llm/metrics.json` "blend") times
 log(1 + last-cluster counts), as its `llm` stage scored the test examples.
 
+`--across_worlds` pools runs of different worlds (`--gin.SEED=N`: each its
+own data, transitions and test examples) instead of refusing them: every
+`--run_a` is compared with its own world's best count planner
+(`--run_b=counts`) or with the `--run_b` in the same position (same world),
+hit@k is the mean over all worlds' test examples, and the interval
+resamples each world's examples within it (`bootstrap.across_worlds`); each
+world's own hit@k is printed beside the pooled one.
+
   PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/sw/c05mix \
       --run_b=/tmp/sw/ctlmix --k=5 --out=/tmp/compare.json
   PYTHONPATH=. python3 tools/compare_runs.py --run_a=/tmp/s/k0 --run_a=/tmp/s/k1 \
       --run_a=/tmp/s/k2 --run_b=counts [--planner=blend]
+  PYTHONPATH=. python3 tools/compare_runs.py --across_worlds --run_a=/tmp/w/w0 \
+      --run_a=/tmp/w/w1 --run_a=/tmp/w/w2 --run_b=counts
 """
 
 from __future__ import annotations
@@ -90,6 +100,69 @@ def count_scores(transitions, examples: np.ndarray, k: int) -> tuple[str, np.nda
   return best, scores[best]
 
 
+def _same_examples(run_a: Path, loaded_a, run_b: Path, loaded_b) -> None:
+  """Exits naming both runs unless they evaluated the same test examples."""
+  (transitions, examples, _), (transitions_o, examples_o, _) = loaded_a, loaded_b
+  if not (np.array_equal(examples, examples_o)
+          and np.array_equal(transitions.history, transitions_o.history)
+          and np.array_equal(transitions.next_cluster, transitions_o.next_cluster)):
+    raise SystemExit(f"{run_a} and {run_b} did not evaluate the same test examples "
+                     "(different transitions, world seed or max_eval_examples): a paired "
+                     "comparison needs the same ones")
+
+
+def compare_one_world(runs_a: list[Path], runs_b: list[Path] | None, planner: str, k: int,
+                      samples: int) -> tuple[dict, str]:
+  """(`bootstrap.pooled_buckets` result, side b's label): runs of one world (the same test
+  examples, checked), against each other or against the best count planner (`runs_b` None)."""
+  runs = runs_a + (runs_b or [])
+  loaded = load_run(runs[0])
+  transitions, examples, rare_max = loaded
+  for other in runs[1:]:
+    _same_examples(runs[0], loaded, other, load_run(other))
+  scores_a = [run_scores(run, transitions, examples, planner) for run in runs_a]
+  if runs_b is None:
+    name_b, counts = count_scores(transitions, examples, k)
+    scores_b, label_b = [counts], f"{name_b} counts"
+  else:
+    scores_b = [run_scores(run, transitions, examples, planner) for run in runs_b]
+    label_b = ", ".join(map(str, runs_b))
+  return bootstrap.pooled_buckets(transitions, scores_a, scores_b, examples, k=k,
+                                  rare_max=rare_max, samples=samples), label_b
+
+
+def _fmt(hit: float | None) -> str:
+  return "-" if hit is None else f"{hit:.3f}"
+
+
+def compare_worlds(runs_a: list[Path], runs_b: list[Path] | None, planner: str, k: int,
+                   samples: int) -> tuple[dict, str]:
+  """(`bootstrap.across_worlds` result, side b's label): run i of a against run i of b
+  (the same world), or against its world's best count planner when `runs_b` is None."""
+  if runs_b is not None and len(runs_b) != len(runs_a):
+    raise SystemExit(f"--across_worlds pairs the runs by position: {len(runs_a)} --run_a but "
+                     f"{len(runs_b)} --run_b (give one per world, or --run_b=counts)")
+  worlds, names_b, seen = [], [], {}
+  for index, run_a in enumerate(runs_a):
+    loaded = load_run(run_a)
+    transitions, examples, rare_max = loaded
+    world = (transitions.history.tobytes(), transitions.next_cluster.tobytes())
+    if world in seen:
+      raise SystemExit(f"--across_worlds: {seen[world]} and {run_a} are the same world (the same "
+                       "transitions): pool seeds of one world without --across_worlds")
+    seen[world] = run_a
+    scores_a = run_scores(run_a, transitions, examples, planner)
+    if runs_b is None:
+      name_b, scores_b = count_scores(transitions, examples, k)
+      names_b.append(f"{name_b} counts")
+    else:
+      _same_examples(run_a, loaded, runs_b[index], load_run(runs_b[index]))
+      scores_b = run_scores(runs_b[index], transitions, examples, planner)
+      names_b.append(str(runs_b[index]))
+    worlds.append((transitions, scores_a, scores_b, examples, rare_max))
+  return bootstrap.across_worlds(worlds, k=k, samples=samples), ", ".join(names_b)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--run_a", type=Path, action="append", required=True,
@@ -99,6 +172,9 @@ def main() -> None:
                            "planner")
   parser.add_argument("--planner", choices=PLANNERS, default="llm",
                       help="each run's LLM, or its blend with last-cluster counts")
+  parser.add_argument("--across_worlds", action="store_true",
+                      help="each --run_a is its own world, paired with its own counts or "
+                           "the --run_b in the same position; pooled over worlds")
   parser.add_argument("--k", type=int, default=5)
   parser.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
   parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -107,30 +183,18 @@ def main() -> None:
   against_counts = [str(r) for r in args.run_b] == [COUNTS]
   if COUNTS in map(str, args.run_a) or (not against_counts and COUNTS in map(str, args.run_b)):
     raise SystemExit(f"'{COUNTS}' stands alone as the one --run_b")
-  runs = args.run_a + ([] if against_counts else args.run_b)
-  transitions, examples, rare_max = load_run(runs[0])
-  for other in runs[1:]:
-    transitions_o, examples_o, _ = load_run(other)
-    if not (np.array_equal(examples, examples_o)
-            and np.array_equal(transitions.history, transitions_o.history)
-            and np.array_equal(transitions.next_cluster, transitions_o.next_cluster)):
-      raise SystemExit(f"{runs[0]} and {other} did not evaluate the same test examples "
-                       "(different transitions, world seed or max_eval_examples): a paired "
-                       "comparison needs the same ones")
-  scores_a = [run_scores(run, transitions, examples, args.planner) for run in args.run_a]
-  if against_counts:
-    name_b, counts = count_scores(transitions, examples, args.k)
-    scores_b, label_b = [counts], f"{name_b} counts"
+  if args.across_worlds:
+    result, label_b = compare_worlds(args.run_a, None if against_counts else args.run_b,
+                                     args.planner, args.k, args.samples)
   else:
-    scores_b = [run_scores(run, transitions, examples, args.planner) for run in args.run_b]
-    label_b = ", ".join(map(str, args.run_b))
-  result = bootstrap.pooled_buckets(transitions, scores_a, scores_b, examples, k=args.k,
-                                    rare_max=rare_max, samples=args.samples)
+    result, label_b = compare_one_world(args.run_a, None if against_counts else args.run_b,
+                                        args.planner, args.k, args.samples)
   result.update({"run_a": list(map(str, args.run_a)), "run_b": label_b,
                  "planner": args.planner})
+  by = "world" if args.across_worlds else "run"
   print(f"hit@{args.k} of each run's {args.planner}: a = {', '.join(map(str, args.run_a))}; "
-        f"b = {label_b}")
-  print("bucket | examples | a | b | a - b [95% interval] | a by run | b by run")
+        f"b = {label_b}" + (" (pooled over worlds)" if args.across_worlds else ""))
+  print(f"bucket | examples | a | b | a - b [95% interval] | a by {by} | b by {by}")
   for bucket in hit_rate.BUCKETS:
     row = result[bucket]
     if not row["examples"]:
@@ -138,8 +202,8 @@ def main() -> None:
       continue
     print(f"{bucket} | {row['examples']} | {row['a']:.3f} | {row['b']:.3f} | "
           f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] | "
-          f"{' '.join(f'{h:.3f}' for h in row['runs_a'])} | "
-          f"{' '.join(f'{h:.3f}' for h in row['runs_b'])}")
+          f"{' '.join(_fmt(h) for h in row['runs_a'])} | "
+          f"{' '.join(_fmt(h) for h in row['runs_b'])}")
   if args.out:
     args.out.write_text(json.dumps(result, indent=1))
 

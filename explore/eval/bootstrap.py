@@ -9,7 +9,9 @@ than one from two independent intervals.
 
 `paired_buckets` compares any two planners (e.g. the LLMs of two runs on the
 same test examples) overall and in each tuple bucket, `pooled_buckets` two
-groups of runs (e.g. three seeds of each setting); `llm_minus_best_count`
+groups of runs (e.g. three seeds of each setting), `across_worlds` pairs of
+planners on several worlds (each world its own test examples, resampled
+within the world: a stratified bootstrap); `llm_minus_best_count`
 is the comparison the planner's case rests on: the
 LLM's hit@k minus the better count planner's (last-cluster or transition
 counts, whichever has the higher overall hit@k on these examples), overall
@@ -33,7 +35,8 @@ class BootstrapError(ValueError):
 
 
 def paired_difference_ci(hits_a: np.ndarray, hits_b: np.ndarray, samples: int = 2000,
-                         level: float = 0.95, seed: int = 0) -> dict[str, float | int | None]:
+                         level: float = 0.95, seed: int = 0,
+                         strata: np.ndarray | None = None) -> dict[str, float | int | None]:
   """{"difference", "low", "high", "examples"}: mean(a) - mean(b) and its percentile interval.
 
   Args:
@@ -42,6 +45,9 @@ def paired_difference_ci(hits_a: np.ndarray, hits_b: np.ndarray, samples: int = 
     samples: bootstrap resamples.
     level: the interval's coverage, in (0, 1).
     seed: the resampling seed.
+    strata: optional [n] integer group of each example (e.g. its world): each resample then
+      draws every group's examples from that group only, keeping the group sizes, so the
+      interval is that of the pooled mean over fixed groups.
   """
   a = np.asarray(hits_a, np.float64)
   b = np.asarray(hits_b, np.float64)
@@ -52,12 +58,21 @@ def paired_difference_ci(hits_a: np.ndarray, hits_b: np.ndarray, samples: int = 
   n = len(a)
   if n == 0:
     return {"difference": None, "low": None, "high": None, "examples": 0}
+  if strata is None:
+    strata = np.zeros(n, np.int64)
+  strata = np.asarray(strata)
+  if strata.shape != a.shape:
+    raise BootstrapError(f"strata has shape {strata.shape}, expected [{n}]: one group per hit")
   diff = a - b  # [n]
   rng = np.random.default_rng(seed)
-  means = np.empty(samples)
-  for start in range(0, samples, 256):  # [chunk, n] index blocks bound the memory
-    stop = min(samples, start + 256)
-    means[start:stop] = diff[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+  means = np.zeros(samples)
+  for group in np.unique(strata):
+    members = diff[strata == group]  # [n_g]
+    size = len(members)
+    for start in range(0, samples, 256):  # [chunk, n_g] index blocks bound the memory
+      stop = min(samples, start + 256)
+      means[start:stop] += members[rng.integers(0, size, size=(stop - start, size))].sum(axis=1)
+  means /= n
   tail = (1.0 - level) / 2.0
   low, high = np.quantile(means, [tail, 1.0 - tail])
   return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
@@ -151,6 +166,53 @@ def pooled_buckets(transitions: NovelTransitions, runs_a: Sequence[np.ndarray],
         "runs_b": [float(hits[f"b{i}"][keep].mean()) if any_kept else None
                    for i in range(len(runs_b))],
         **paired_difference_ci(side_a[keep], side_b[keep], samples, 0.95, seed)}
+  return out
+
+
+def across_worlds(worlds: Sequence[tuple[NovelTransitions, np.ndarray, np.ndarray, np.ndarray,
+                                         int]],
+                  k: int = 5, samples: int = 2000, seed: int = 0) -> dict:
+  """`paired_buckets` pooled over worlds that each have their own test examples.
+
+  `worlds` holds one (transitions, scores_a, scores_b, examples, rare_max) per
+  world: planner a's and planner b's [n_w, M] scores of that world's
+  `examples`. The hit@k of a side is the mean over every world's examples
+  (each world weighted by its examples), buckets are each world's own (by its
+  training counts), and the interval resamples the examples of each world
+  within that world (`paired_difference_ci(strata=...)`), so it is the
+  interval of the pooled difference given these worlds. Each world's own
+  hit@k is reported as `runs_a` / `runs_b`, in the order given.
+  """
+  if not worlds:
+    raise BootstrapError("across_worlds: no worlds given")
+  hits_a, hits_b, buckets, strata = [], [], [], []
+  for index, (transitions, scores_a, scores_b, examples, rare_max) in enumerate(worlds):
+    if np.shape(scores_a) != np.shape(scores_b) or len(scores_a) != len(examples):
+      raise BootstrapError(f"across_worlds: world {index} has scores of shapes "
+                           f"{np.shape(scores_a)} and {np.shape(scores_b)} for "
+                           f"{len(examples)} examples; both must be [n, M]")
+    hits, world_buckets = _hits_and_buckets(transitions, {"a": scores_a, "b": scores_b},
+                                            examples, k, rare_max)
+    hits_a.append(hits["a"])
+    hits_b.append(hits["b"])
+    buckets.append(world_buckets)
+    strata.append(np.full(len(examples), index))
+  side_a, side_b = np.concatenate(hits_a), np.concatenate(hits_b)
+  all_buckets, all_strata = np.concatenate(buckets), np.concatenate(strata)
+  out = {"k": k, "level": 0.95, "worlds": len(worlds)}
+  for bucket in hit_rate.BUCKETS:
+    keep = _in_bucket(all_buckets, bucket)
+
+    def by_world(hits):
+      return [float(h[_in_bucket(b, bucket)].mean()) if _in_bucket(b, bucket).any() else None
+              for h, b in zip(hits, buckets)]
+
+    out[bucket] = {
+        "a": float(side_a[keep].mean()) if keep.any() else None,
+        "b": float(side_b[keep].mean()) if keep.any() else None,
+        "runs_a": by_world(hits_a), "runs_b": by_world(hits_b),
+        **paired_difference_ci(side_a[keep], side_b[keep], samples, 0.95, seed,
+                               strata=all_strata[keep])}
   return out
 
 
