@@ -83,7 +83,7 @@ def test_across_worlds_pairs_each_run_with_its_own_world(monkeypatch):
   assert result["all"]["runs_a"] == [1.0, 1.0]
   assert result["all"]["a"] == 1.0 and result["all"]["b"] < 1.0
   counts, label = compare_runs.compare_worlds([Path("w0"), Path("w1")], None, "llm", 1, 50)
-  assert label.endswith("counts") and counts["worlds"] == 2
+  assert label.endswith("counts (each world's own)") and counts["worlds"] == 2
   with pytest.raises(SystemExit, match="w0 and w0_seed1 are the same world"):
     compare_runs.compare_worlds([Path("w0"), Path("w0_seed1")], None, "llm", 1, 50)
   with pytest.raises(SystemExit, match="2 --run_a but 1 --run_b"):

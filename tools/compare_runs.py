@@ -160,7 +160,9 @@ def compare_worlds(runs_a: list[Path], runs_b: list[Path] | None, planner: str, 
       scores_b = run_scores(runs_b[index], transitions, examples, planner)
       names_b.append(str(runs_b[index]))
     worlds.append((transitions, scores_a, scores_b, examples, rare_max))
-  return bootstrap.across_worlds(worlds, k=k, samples=samples), ", ".join(names_b)
+  label = (f"{names_b[0]} (each world's own)" if runs_b is None and len(set(names_b)) == 1
+           else ", ".join(names_b))
+  return bootstrap.across_worlds(worlds, k=k, samples=samples), label
 
 
 def main() -> None:
