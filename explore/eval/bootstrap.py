@@ -157,15 +157,9 @@ def pooled_buckets(transitions: NovelTransitions, runs_a: Sequence[np.ndarray],
   out = {"k": k, "level": 0.95, "runs_a": len(runs_a), "runs_b": len(runs_b)}
   for bucket in hit_rate.BUCKETS:
     keep = _in_bucket(buckets, bucket)
-    any_kept = bool(keep.any())
-    out[bucket] = {
-        "a": float(side_a[keep].mean()) if any_kept else None,
-        "b": float(side_b[keep].mean()) if any_kept else None,
-        "runs_a": [float(hits[f"a{i}"][keep].mean()) if any_kept else None
-                   for i in range(len(runs_a))],
-        "runs_b": [float(hits[f"b{i}"][keep].mean()) if any_kept else None
-                   for i in range(len(runs_b))],
-        **paired_difference_ci(side_a[keep], side_b[keep], samples, 0.95, seed)}
+    out[bucket] = _bucket_row(
+        side_a, side_b, keep, [(hits[f"a{i}"], keep) for i in range(len(runs_a))],
+        [(hits[f"b{i}"], keep) for i in range(len(runs_b))], samples, seed)
   return out
 
 
@@ -201,19 +195,29 @@ def across_worlds(worlds: Sequence[tuple[NovelTransitions, np.ndarray, np.ndarra
   all_buckets, all_strata = np.concatenate(buckets), np.concatenate(strata)
   out = {"k": k, "level": 0.95, "worlds": len(worlds)}
   for bucket in hit_rate.BUCKETS:
-    keep = _in_bucket(all_buckets, bucket)
-
-    def by_world(hits):
-      return [float(h[_in_bucket(b, bucket)].mean()) if _in_bucket(b, bucket).any() else None
-              for h, b in zip(hits, buckets)]
-
-    out[bucket] = {
-        "a": float(side_a[keep].mean()) if keep.any() else None,
-        "b": float(side_b[keep].mean()) if keep.any() else None,
-        "runs_a": by_world(hits_a), "runs_b": by_world(hits_b),
-        **paired_difference_ci(side_a[keep], side_b[keep], samples, 0.95, seed,
-                               strata=all_strata[keep])}
+    in_world = [_in_bucket(b, bucket) for b in buckets]  # each world's [n_w] mask
+    out[bucket] = _bucket_row(side_a, side_b, _in_bucket(all_buckets, bucket),
+                              list(zip(hits_a, in_world)), list(zip(hits_b, in_world)),
+                              samples, seed, all_strata)
   return out
+
+
+def _mean(hits: np.ndarray, keep: np.ndarray) -> float | None:
+  """The mean of `hits[keep]`, or None when `keep` selects nothing."""
+  return float(hits[keep].mean()) if keep.any() else None
+
+
+def _bucket_row(side_a: np.ndarray, side_b: np.ndarray, keep: np.ndarray,
+                runs_a: Sequence[tuple[np.ndarray, np.ndarray]],
+                runs_b: Sequence[tuple[np.ndarray, np.ndarray]], samples: int, seed: int,
+                strata: np.ndarray | None = None) -> dict:
+  """One bucket: each side's mean hit over `keep`, each run's own (its (hits, mask) pairs) and
+  the paired interval of the difference (resampled within `strata` when given)."""
+  return {"a": _mean(side_a, keep), "b": _mean(side_b, keep),
+          "runs_a": [_mean(h, m) for h, m in runs_a],
+          "runs_b": [_mean(h, m) for h, m in runs_b],
+          **paired_difference_ci(side_a[keep], side_b[keep], samples, 0.95, seed,
+                                 strata=None if strata is None else strata[keep])}
 
 
 def _hits_and_buckets(transitions: NovelTransitions, scores: Mapping[str, np.ndarray],
