@@ -7,6 +7,7 @@ within a minute or two of each other tie and keep file order. These tests need n
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -116,3 +117,42 @@ def test_bad_ratings_are_named(tmp_path, ratings, message):
 def test_missing_ratings_file_is_named(tmp_path):
   with pytest.raises(SystemExit, match="file not found"):
     recbole_sasrec.read_ratings(tmp_path / "nowhere.csv")
+
+
+def _stopped_run(work_dir, best_epoch=3, epochs_trained=3, checkpoints=("SASRec.pth",)):
+  """A work_dir as a run capped at `epochs_trained` epochs leaves it."""
+  (work_dir / "saved").mkdir(parents=True)
+  for name in checkpoints:
+    (work_dir / "saved" / name).write_bytes(b"weights")
+  curve = [{"ndcg@10": 0.01 * (1 + (e == best_epoch - 1))} for e in range(epochs_trained)]
+  report = {"recbole": {"best_epoch": best_epoch, "epochs_trained": epochs_trained,
+                        "valid_curve": curve, "fit_seconds": 30.0},
+            "seed": 2020, "time_order": "exact"}
+  (work_dir / "report.json").write_text(json.dumps(report))
+  return report
+
+
+def test_resume_finds_the_stopped_run(tmp_path):
+  report = _stopped_run(tmp_path)
+  previous, checkpoint = recbole_sasrec.previous_run(tmp_path, 2020, "exact", 300)
+  assert previous == report
+  assert checkpoint == tmp_path / "saved" / "SASRec.pth"
+
+
+@pytest.mark.parametrize("run,args,message", [
+    ({}, (2021, "exact", 300), r"seed=2020, not 2021; pass --seed=2020"),
+    ({}, (2020, "recbole", 300), r"time_order='exact', not 'recbole'"),
+    ({"best_epoch": 2}, (2020, "exact", 300), "holds its best epoch 2, not its last epoch 3"),
+    ({}, (2020, "exact", 3), "--epochs=3 is not above the 3 epochs"),
+    ({"checkpoints": ()}, (2020, "exact", 300), "holds 0 checkpoints"),
+    ({"checkpoints": ("a.pth", "b.pth")}, (2020, "exact", 300), "holds 2 checkpoints"),
+])
+def test_resume_refuses_what_it_cannot_continue(tmp_path, run, args, message):
+  _stopped_run(tmp_path, **run)
+  with pytest.raises(SystemExit, match=message):
+    recbole_sasrec.previous_run(tmp_path, *args)
+
+
+def test_resume_without_a_run_says_so(tmp_path):
+  with pytest.raises(SystemExit, match="report.json not found; train without --resume first"):
+    recbole_sasrec.previous_run(tmp_path, 2020, "exact", 300)

@@ -24,6 +24,14 @@ MovieLens loader uses. `--export_movielens=DIR` writes a MovieLens folder whose
 ratings carry the float32 timestamps (movies, tags and links copied), so explore
 can train on RecBole's order (`--gin.MOVIELENS_DIR`), and exits without RecBole.
 
+`--resume` continues a run that stopped at its `--epochs` cap while still
+improving: it loads the checkpoint in `--work_dir/saved` (model, optimizer, the
+early-stopping counter; the checkpoint must hold the run's last epoch, i.e. the
+last epoch was its best) and trains on to the new `--epochs` or RecBole's early
+stop, with the validation curve and the fit time carried on from `report.json`
+(kept as `report.epoch<N>.json`). The only difference from an uninterrupted run
+is the random state of the data order after the resumed epoch.
+
 RecBole is not a dependency of explore (it pins NumPy 1 names and pulls ray);
 run it in its own virtual environment that sees the system's packages:
 
@@ -34,6 +42,9 @@ run it in its own virtual environment that sees the system's packages:
   TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/rbenv/bin/python tools/recbole_sasrec.py \
       --ratings=../shared/data/ml-latest-small/ratings.csv --work_dir=/tmp/recbole \
       --epochs=25 --seed=2020
+  TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/rbenv/bin/python tools/recbole_sasrec.py \
+      --ratings=../shared/data/ml-latest-small/ratings.csv --work_dir=/tmp/recbole \
+      --epochs=300 --seed=2020 --resume
   python3 tools/recbole_sasrec.py --ratings=../shared/data/ml-latest-small/ratings.csv \
       --export_movielens=/tmp/ml_recbole_order
 """
@@ -271,6 +282,33 @@ def check_parity(model, config, train_batch, test_batch) -> dict[str, float]:
           "users": int(len(reference)), "train_batch": int(len(train_batch))}
 
 
+def previous_run(work_dir: Path, seed: int, time_order: str,
+                 epochs: int) -> tuple[dict, Path]:
+  """The report and checkpoint of the run in `work_dir` that `--resume` continues."""
+  report_path = work_dir / "report.json"
+  if not report_path.is_file():
+    raise SystemExit(f"--resume: {report_path} not found; train without --resume first")
+  report = json.loads(report_path.read_text())
+  for name, value in (("seed", seed), ("time_order", time_order)):
+    if report.get(name) != value:
+      raise SystemExit(f"--resume: {report_path} was trained with {name}={report.get(name)!r}, "
+                       f"not {value!r}; pass --{name}={report.get(name)}")
+  run = report["recbole"]
+  if run["best_epoch"] != run["epochs_trained"]:
+    raise SystemExit(
+        f"--resume: the checkpoint of {work_dir} holds its best epoch {run['best_epoch']}, not "
+        f"its last epoch {run['epochs_trained']}; resuming from it would drop the epochs after "
+        "it (a run that early-stopped is finished)")
+  if epochs <= run["epochs_trained"]:
+    raise SystemExit(f"--resume: --epochs={epochs} is not above the {run['epochs_trained']} "
+                     f"epochs {work_dir} has trained")
+  checkpoints = sorted((work_dir / "saved").glob("*.pth"))
+  if len(checkpoints) != 1:
+    raise SystemExit(f"--resume: {work_dir / 'saved'} holds {len(checkpoints)} checkpoints "
+                     f"({[c.name for c in checkpoints]}); it must hold the run's one checkpoint")
+  return report, checkpoints[0]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--ratings", type=Path, required=True, help="MovieLens ratings.csv")
@@ -281,6 +319,8 @@ def main() -> None:
                       help="recbole: float32 timestamps, as RecBole sorts; exact: the exact order")
   parser.add_argument("--export_movielens", type=Path, default=None,
                       help="write a MovieLens folder in RecBole's order here and exit")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue the run in --work_dir from its checkpoint to --epochs")
   args = parser.parse_args()
   if args.export_movielens is not None:
     changed = export_movielens(args.ratings.resolve(), args.export_movielens)
@@ -302,6 +342,8 @@ def main() -> None:
   from recbole.utils import init_logger, init_seed
 
   args.work_dir = args.work_dir.resolve()
+  previous, checkpoint = (previous_run(args.work_dir, args.seed, args.time_order, args.epochs)
+                          if args.resume else (None, None))
   write_atomic_file(args.ratings.resolve(), args.work_dir / "data", args.time_order)
   os.chdir(args.work_dir)  # RecBole writes log/ and log_tensorboard/ into the working folder
   config = Config(model="SASRec", dataset=DATASET, config_dict={
@@ -321,6 +363,13 @@ def main() -> None:
   model = SASRec(config, train_data.dataset).to(config["device"])
   trainer = Trainer(config, model)
   curve = []  # validation HR / NDCG@10 of every epoch (RecBole's protocol)
+  fit_before = 0.0
+  if previous is not None:
+    trainer.resume_checkpoint(checkpoint)
+    curve = list(previous["recbole"]["valid_curve"])
+    fit_before = previous["recbole"]["fit_seconds"]
+    shutil.copyfile(args.work_dir / "report.json",
+                    args.work_dir / f"report.epoch{len(curve)}.json")
   valid_epoch = trainer._valid_epoch  # pylint: disable=protected-access
 
   def recording_valid_epoch(*a, **kw):
@@ -331,7 +380,7 @@ def main() -> None:
   trainer._valid_epoch = recording_valid_epoch  # pylint: disable=protected-access
   start = time.perf_counter()
   _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-  fit_seconds = time.perf_counter() - start
+  fit_seconds = fit_before + time.perf_counter() - start
   recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
   model.eval()
 
@@ -343,16 +392,22 @@ def main() -> None:
   for batch in test_data:
     for user, item in zip(batch[0]["user_id"].tolist(), batch[0]["item_id"].tolist()):
       test_targets[user] = {item}
+  # after a resume with no better epoch RecBole keeps no best result: read it off the curve
+  best_epoch = 1 + int(np.argmax([c[f"ndcg@{TOP_K}"] for c in curve]))
   report = {
-      "recbole": {"best_valid": {k: float(v) for k, v in best_valid.items()},
+      "recbole": {"best_valid": curve[best_epoch - 1] if best_valid is None else
+                                {k: float(v) for k, v in best_valid.items()},
                   "test": {k: float(v) for k, v in recbole_test.items()},
-                  "best_epoch": 1 + int(np.argmax([c[f"ndcg@{TOP_K}"] for c in curve])),
+                  "best_epoch": best_epoch,
                   "epochs_trained": len(curve), "valid_curve": curve,
                   "fit_seconds": round(fit_seconds, 1)},
       "test": rank_users(model, test_data, seen, {}),
       "valid": rank_users(model, valid_data, seen, test_targets),
       "parity": check_parity(model, config, next(iter(train_data)), next(iter(test_data))[0]),
-      "seed": args.seed, "epochs": args.epochs, "time_order": args.time_order}
+      "seed": args.seed, "epochs": args.epochs, "time_order": args.time_order,
+      "resumed_after_epochs": [] if previous is None else
+                              [*previous.get("resumed_after_epochs", []),
+                               previous["recbole"]["epochs_trained"]]}
   text = json.dumps(report, indent=1)
   (args.work_dir / "report.json").write_text(text + "\n")
   print(text)
