@@ -393,11 +393,16 @@ def test_size_files_bind_after_a_run_file_with_their_stated_size(run_file, size,
                          size_file.read_text()).group(1).replace(",", ""))
   gin.clear_config()
   try:
+    gin_config.parse_gin([run_file], [f"RUN_DIR = '{tmp_path}'"])
+    run_file_steps = train.TrainerConfig().train_steps
+    gin.clear_config()
     gin_config.parse_gin([run_file, f"llm/size_{size}.gin"], [f"RUN_DIR = '{tmp_path}'"])
     config = DecoderTask().config
     assert (config.d_model, config.num_layers, config.mlp_dim) == shape
     assert dataclasses.replace(config, vocab_size=1024).num_params() == stated
-    assert train.TrainerConfig().train_steps == 150  # the run file's settings stay
+    assert train.TrainerConfig().train_steps == run_file_steps  # the run file's settings stay
+    # the pretraining run files keep the fine-tuning length their results were measured at
+    assert run_file_steps == (150 if "pretrain" in run_file else 300)
     if "pretrain" in run_file:
       assert gin.query_parameter("cluster_vocabulary.vocabulary") == "keywords"
   finally:
