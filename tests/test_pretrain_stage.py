@@ -403,6 +403,8 @@ def test_size_files_bind_after_a_run_file_with_their_stated_size(run_file, size,
     assert train.TrainerConfig().train_steps == run_file_steps  # the run file's settings stay
     # the pretraining run files keep the fine-tuning length their results were measured at
     assert run_file_steps == (150 if "pretrain" in run_file else 300)
+    assert gin.query_parameter("LlmStageOptions.max_eval_examples") == (
+        500 if "pretrain" in run_file else None)
     if "pretrain" in run_file:
       assert gin.query_parameter("cluster_vocabulary.vocabulary") == "keywords"
   finally:
