@@ -73,7 +73,7 @@ def main() -> None:
   parser.add_argument("--out", type=Path, required=True, help="the .png to write")
   args = parser.parse_args()
   points = sweep(args.runs, args.bucket, args.k)
-  print(f"steps | epochs | train loss | " + " | ".join(
+  print("steps | epochs | train loss | " + " | ".join(
       f"{split} {name}" for split in SPLITS for name in ("llm",) + COUNT_PLANNERS))
   for p in points:
     cells = [f"{p.get(split, {}).get(name, float('nan')):.3f}"
