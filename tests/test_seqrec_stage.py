@@ -122,6 +122,29 @@ def test_fit_stops_early_when_validation_stalls(tmp_path):
   assert result.stopped_reason == "early_stopped" and len(result.rounds) == 2
 
 
+def test_parameter_average_is_what_validation_chooses_and_test_ranks(tmp_path):
+  training = dataclasses.replace(TRAINING, param_average_decay=0.9, window_stride=4)
+  split = cyclic_split()
+  result = training_lib.fit(split, CONFIG, tmp_path, one_device_mesh(), training)
+  best = training_lib.restore_best_model(CONFIG, tmp_path, result.best["step"])
+  val = data_lib.ranking_examples(split, "val", CONFIG.max_len)
+  # The best checkpoint holds the average: it scores the logged validation numbers.
+  assert evaluation.evaluate(evaluation.model_scorer(best), val, 40) == result.best["val"]
+  assert result.best["test"]["hr@10"] > result.baseline["test"]["hr@10"] + 0.3
+  plain = dataclasses.replace(training, param_average_decay=None)
+  without = training_lib.fit(split, CONFIG, tmp_path / "plain", one_device_mesh(), plain)
+  assert [r["train_loss"] for r in without.rounds] == [r["train_loss"] for r in result.rounds]
+  weights = training_lib.restore_best_model(CONFIG, tmp_path / "plain", without.best["step"])
+  assert not np.allclose(np.asarray(best.items.table[...]),
+                         np.asarray(weights.items.table[...]))
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, "0.9"])
+def test_bad_parameter_average_decay_is_named(decay):
+  with pytest.raises(training_lib.SeqRecTrainingError, match="param_average_decay"):
+    training_lib.SeqRecTraining(param_average_decay=decay)
+
+
 def test_catalog_size_mismatch_is_named(tmp_path):
   config = SeqRecConfig(num_items=41, max_len=8, embed_dim=16)
   with pytest.raises(training_lib.SeqRecTrainingError, match="num_items=41"):

@@ -240,3 +240,30 @@ def test_a_missing_batch_feature_is_named(fresh):
 def test_a_wrong_batch_size_is_named(fresh):
   with pytest.raises(train.TrainingDataError, match="has 4 examples, expected batch_size=8"):
     fresh.train(train.ArrayBatches(fixtures.make_data(), 4, seed=0))
+
+
+def _averaging_trainer(model_dir, train_steps, **config):
+  config = {"batch_size": 8, "log_every": 10, "eval_every": 0, "checkpoint_every": 5, **config}
+  return train.Trainer(
+      fixtures.TinyTask(), fixtures.make_model, model_dir, _mesh(),
+      train.TrainerConfig(train_steps=train_steps, **config),
+      optimizer=train.make_optimizer(train_steps, learning_rate=3e-2, warmup_steps=0,
+                                     param_average_decay=0.5))
+
+
+def test_parameter_average_starts_at_restored_weights_and_resumes(trained, tmp_path):
+  model_dir, _, params = trained
+  assert _trainer(tmp_path / "plain").averaged_model is None
+  trainer = _averaging_trainer(tmp_path / "avg", train_steps=5,
+                               initial_checkpoint_path=str(model_dir / "checkpoint_40"),
+                               restore_weights_only=True)
+  trainer.restore()
+  # Not the random initialisation: the imported weights.
+  np.testing.assert_array_equal(_params(trainer.averaged_model)["w_out"], params["w_out"])
+  trainer.train(train.ArrayBatches(fixtures.make_data(), 8, seed=0))
+  average, trained_now = _params(trainer.averaged_model), _params(trainer.model)
+  assert not np.allclose(average["w_out"], trained_now["w_out"])  # it lags the weights
+  assert not np.allclose(average["w_out"], params["w_out"])  # and it moved
+  resumed = _averaging_trainer(tmp_path / "avg", train_steps=5)
+  assert resumed.restore() == 5  # the average is checkpointed with the optimizer state
+  np.testing.assert_array_equal(_params(resumed.averaged_model)["w_out"], average["w_out"])

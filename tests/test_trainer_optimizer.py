@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from explore.train import OptimizerConfigError, make_optimizer
+from explore.train import optimizer as optimizer_lib
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_end_fraction():
@@ -44,7 +45,27 @@ def test_gradients_are_clipped_to_the_global_norm():
     ({"total_steps": 10, "schedule": "exp"}, "schedule='exp'"),
     ({"total_steps": 10, "learning_rate": -1.0}, "learning_rate=-1.0"),
     ({"total_steps": 10, "clip_norm": 0.0}, "clip_norm=0.0"),
+    ({"total_steps": 10, "param_average_decay": 1.0}, "param_average_decay=1.0"),
 ])
 def test_bad_settings_name_the_value(kwargs, message):
   with pytest.raises(OptimizerConfigError, match=message):
     make_optimizer(**kwargs)
+
+
+def test_parameter_average_follows_the_updated_parameters():
+  tx, _ = make_optimizer(10, learning_rate=0.1, warmup_steps=0, schedule="constant",
+                         clip_norm=None, param_average_decay=0.75)
+  params = {"w": jnp.array([1.0, -2.0])}
+  state = tx.init(params)
+  np.testing.assert_array_equal(optimizer_lib.averaged_params(state)["w"], params["w"])
+  expected = params["w"]
+  for grad in ([1.0, 1.0], [-3.0, 0.5]):
+    updates, state = tx.update({"w": jnp.array(grad)}, state, params)
+    params = optax.apply_updates(params, updates)
+    expected = 0.75 * expected + 0.25 * params["w"]
+    np.testing.assert_allclose(optimizer_lib.averaged_params(state)["w"], expected, rtol=1e-6)
+  plain, _ = make_optimizer(10)
+  assert optimizer_lib.averaged_params(plain.init(params)) is None
+  average = optimizer_lib.param_average(0.5)
+  with pytest.raises(OptimizerConfigError, match="needs the parameters"):
+    average.update({"w": jnp.ones(2)}, average.init(params))

@@ -5,7 +5,9 @@
 every evaluated user on the **validation** targets only (`evaluation.py`),
 appends the result to `<work_dir>/validation.jsonl` (and TensorBoard scalars
 to `model/training_eval/`), and when the selection metric (NDCG@k, HR@k or
-MRR@k) improves copies that round's checkpoint to `<work_dir>/best_checkpoint/`.
+MRR@k) improves copies that round's checkpoint to `<work_dir>/best_checkpoint/`
+(with `param_average_decay`, the rounds rank, and `best_checkpoint/` keeps, the
+optimizer's moving average of the weights instead of the weights themselves).
 Training stops after `train_epochs`, or earlier when validation has not
 improved for `patience` epochs. Only then is the test split read, once: the
 best checkpoint is restored and ranked on the test targets, so nothing about
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from absl import logging
+from flax import nnx
 import gin
 import jax
 import numpy as np
@@ -41,7 +44,9 @@ from explore.seqrec.model import SeqRecConfig, SeqRecModel, build_model
 from explore.seqrec.task import SeqRecTask, SoftmaxConfig
 from explore.seqrec.vectors import SeqRecVectors
 from explore.train import Trainer, TrainerConfig, make_optimizer
+from explore.train import checkpoints as checkpoints_lib
 from explore.train import metrics as metrics_lib
+from explore.train import train_step as step_lib
 from explore.train.trainer import EVAL_DIR
 
 MODEL_DIR = "model"
@@ -78,6 +83,10 @@ class SeqRecTraining:
   clip_norm: float | None = 1.0
   b1: float = 0.9
   b2: float = 0.98
+  # Polyak averaging: validation, the best checkpoint, the vectors and the test ranking use an
+  # exponential moving average of the weights over the steps (e.g. 0.99: about the last 100
+  # steps); training itself is unchanged. None: the trained weights.
+  param_average_decay: float | None = None
   ks: tuple[int, ...] = (10,)
   selection_metric: str = "ndcg@10"
   eval_batch_size: int = 256  # users per ranking batch
@@ -94,6 +103,10 @@ class SeqRecTraining:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise SeqRecTrainingError(f"SeqRecTraining.{name}={value!r} must be a positive integer")
+    decay = self.param_average_decay
+    if decay is not None and not (isinstance(decay, (int, float)) and 0 < decay < 1):
+      raise SeqRecTrainingError(
+          f"SeqRecTraining.param_average_decay={decay!r} must be in (0, 1) or None")
     metric, _, k = self.selection_metric.partition("@")
     if metric not in evaluation.METRICS or not k.isdigit() or int(k) not in self.ks:
       raise SeqRecTrainingError(
@@ -119,12 +132,26 @@ class FitResult:
   train_history: list[dict] = dataclasses.field(default_factory=list)
 
 
-def _copy_checkpoint(model_dir: Path, step: int, target: Path) -> None:
-  """Copies model_dir/checkpoint_<step> to target/checkpoint_<step>, replacing target."""
-  source = model_dir / f"checkpoint_{step}"
+def _save_best(trainer: Trainer, averaged: SeqRecModel | None, target: Path) -> None:
+  """Writes the best round's weights to target/checkpoint_<step>, replacing target.
+
+  Without a parameter average the trainer's own checkpoint of the step is copied
+  (weights and optimizer state); with one, the `averaged` model's weights alone.
+  """
+  step = trainer.step
   tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
   try:
-    shutil.copytree(source, tmp / source.name)
+    if averaged is None:
+      source = trainer.model_dir / f"checkpoint_{step}"
+      shutil.copytree(source, tmp / source.name)
+    else:
+      _, params, extras = step_lib.split_model(averaged)
+      checkpoints = checkpoints_lib.TrainCheckpoints(tmp, keep=None, async_save=False)
+      try:
+        checkpoints.save(step_lib.TrainState(params=params, extras=extras, opt_state=None,
+                                             step=np.int32(step)), None)
+      finally:
+        checkpoints.close()
     artifacts.replace_folder(tmp, target)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,9 +169,6 @@ def _write_scalars(model_dir: Path, step: int, values: dict[str, dict[str, float
 def restore_best_model(config: SeqRecConfig, work_dir: Path, step: int,
                        seed: int = 0) -> SeqRecModel:
   """The model of `best_checkpoint/checkpoint_<step>` (weights only, on one device)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from explore.train import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
-  from explore.train import train_step as step_lib  # pylint: disable=g-import-not-at-top
   graphdef, params, extras = step_lib.split_model(build_model(config, seed))
   folder = Path(work_dir) / BEST_CHECKPOINT
   target = step_lib.TrainState(params=params, extras=extras, opt_state=None, step=None)
@@ -228,7 +252,8 @@ def build_trainer(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig,
       total_steps, learning_rate=training.learning_rate,
       warmup_steps=min(training.warmup_steps, total_steps), schedule=training.schedule,
       end_learning_rate_fraction=0.1, weight_decay=training.weight_decay,
-      clip_norm=training.clip_norm, b1=training.b1, b2=training.b2)
+      clip_norm=training.clip_norm, b1=training.b1, b2=training.b2,
+      param_average_decay=training.param_average_decay)
   trainer_config = TrainerConfig(
       train_steps=steps_per_epoch, batch_size=training.batch_size, eval_every=0,
       checkpoint_every=total_steps, keep_checkpoints=2, log_every=training.log_every,
@@ -290,7 +315,9 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
           f"seqrec training diverged (non-finite loss) before step {result.step}; lower "
           "SeqRecTraining.learning_rate or raise warmup_steps")
     history = list(result.history)  # the whole run's (the trainer reads earlier rounds back)
-    scorer = evaluation.model_scorer(trainer.model, clusters_of_tokens)
+    averaged = trainer.averaged_model  # None without SeqRecTraining.param_average_decay
+    model = trainer.model if averaged is None else averaged  # the one validation chooses
+    scorer = evaluation.model_scorer(model, clusters_of_tokens)
     record = {"epoch": epoch, "step": trainer.step,
               "train_seconds": round(seconds, 3),
               "epochs_trained": (epoch - rounds[-1]["epoch"]) if rounds else epoch,
@@ -299,8 +326,8 @@ def fit(split: data_lib.LeaveLastOutSplit, model_config: SeqRecConfig, work_dir:
                                          training.eval_batch_size, training.mask_history)}
     is_best = not rounds or record["val"][metric] > max(r["val"][metric] for r in rounds)
     if is_best:
-      _copy_checkpoint(work_dir / MODEL_DIR, record["step"], work_dir / BEST_CHECKPOINT)
-      vectors_lib.model_vectors(trainer.model, split.sequences,
+      _save_best(trainer, averaged, work_dir / BEST_CHECKPOINT)
+      vectors_lib.model_vectors(model, split.sequences,
                                 {"step": record["step"], "epoch": epoch},
                                 clusters_of_tokens).save(work_dir / VECTORS)
     elapsed += time.perf_counter() - start

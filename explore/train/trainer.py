@@ -45,6 +45,7 @@ from explore import progress
 from explore.train import checkpoints as checkpoints_lib
 from explore.train import metrics as metrics_lib
 from explore.train import model_info
+from explore.train import optimizer as optimizer_lib
 from explore.train import train_step as step_lib
 from explore.train.batches import BatchPlacer
 from explore.train.batches import TrainingDataError
@@ -136,6 +137,15 @@ class Trainer:
   def model(self) -> nnx.Module:
     """The model with the current (trained or restored) state."""
     return nnx.merge(self.graphdef, self._state.params, self._frozen, self._state.extras)
+
+  @property
+  def averaged_model(self) -> nnx.Module | None:
+    """The model with the optimizer's parameter average (`make_optimizer`'s
+    `param_average_decay`) in place of the trained parameters; None without one."""
+    average = optimizer_lib.averaged_params(self._state.opt_state)
+    if average is None:
+      return None
+    return nnx.merge(self.graphdef, average, self._frozen, self._state.extras)
 
   @property
   def frozen_params(self) -> nnx.State:
@@ -241,7 +251,10 @@ class Trainer:
     _, params, self._frozen, extras = step_lib.split_trainable(model, self.trainable)
     return step_lib.TrainState(
         params=params, extras=extras,
-        opt_state=restored.get("opt_state", self._state.opt_state),
+        # Without a restored optimizer state, a fresh one from the restored parameters (a
+        # parameter average starts there, not at the random initialisation).
+        opt_state=(restored["opt_state"] if "opt_state" in restored
+                   else self._init_opt_state(params)),
         step=jax.device_put(jnp.asarray(step, jnp.int32), self._replicated))
 
   # ---------------------------------------------------------------------------
