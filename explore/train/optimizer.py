@@ -85,7 +85,7 @@ def make_optimizer(total_steps: int, learning_rate: float = 1e-3, warmup_steps: 
 
 
 class ParamAverageState(NamedTuple):
-  """`param_average`'s state: the moving average of the parameters, their structure."""
+  """`param_average`'s state: the moving average of the parameters (a tree like them)."""
 
   average: Any
 
