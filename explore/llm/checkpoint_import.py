@@ -331,12 +331,4 @@ def write_initial_checkpoint(model: Decoder, model_dir: str | os.PathLike, step:
   and `restore_weights_only = True`; `planner.restore_decoder` reopens it.
   """
   from explore.train import checkpoints  # pylint: disable=g-import-not-at-top
-  from explore.train import train_step  # pylint: disable=g-import-not-at-top
-
-  _, params, extras = train_step.split_model(model)
-  state = train_step.TrainState(params=params, extras=extras, opt_state={},
-                                step=jax.numpy.asarray(step, jax.numpy.int32))
-  manager = checkpoints.TrainCheckpoints(model_dir, keep=None, async_save=False)
-  manager.save(state, data_state=None)
-  manager.close()
-  return Path(model_dir) / f"{checkpoints.STEP_PREFIX}_{step}"
+  return checkpoints.save_weights(model, model_dir, step)

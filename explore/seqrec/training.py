@@ -145,13 +145,7 @@ def _save_best(trainer: Trainer, averaged: SeqRecModel | None, target: Path) -> 
       source = trainer.model_dir / f"checkpoint_{step}"
       shutil.copytree(source, tmp / source.name)
     else:
-      _, params, extras = step_lib.split_model(averaged)
-      checkpoints = checkpoints_lib.TrainCheckpoints(tmp, keep=None, async_save=False)
-      try:
-        checkpoints.save(step_lib.TrainState(params=params, extras=extras, opt_state=None,
-                                             step=np.int32(step)), None)
-      finally:
-        checkpoints.close()
+      checkpoints_lib.save_weights(averaged, tmp, step)
     artifacts.replace_folder(tmp, target)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from explore.train.train_step import TrainState
+from explore.train.train_step import split_model
 
 STEP_PREFIX = "checkpoint"
 FORMAT_VERSION = 1
@@ -33,6 +34,23 @@ _STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
 
 class CheckpointError(ValueError):
   """A checkpoint path is missing, not a checkpoint, or does not fit the model."""
+
+
+def save_weights(model: Any, model_dir: str | os.PathLike, step: int = 0) -> Path:
+  """Saves `model`'s variables without optimizer state as `model_dir/checkpoint_<step>`.
+
+  A weights-only checkpoint: restore it with `weights_only=True` (or
+  `TrainerConfig.restore_weights_only = True`). Returns the checkpoint folder.
+  """
+  _, params, extras = split_model(model)
+  state = TrainState(params=params, extras=extras, opt_state={},
+                     step=jax.numpy.asarray(step, jax.numpy.int32))
+  manager = TrainCheckpoints(model_dir, keep=None, async_save=False)
+  try:
+    manager.save(state, data_state=None)
+  finally:
+    manager.close()
+  return Path(model_dir) / f"{STEP_PREFIX}_{step}"
 
 
 def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
