@@ -100,9 +100,37 @@ def test_forward_flops_count_matmuls():
   # plus the output layer 2 * 8 * scored; times 4 tokens.
   per_token = 2 * (4 * 64 + 2 * 128) + 2 * 2 * 4 * 8 + 2 * 8 * 100
   assert model_lib.forward_flops_per_example(config, 100) == 4 * per_token
-  # Scoring only the last position: the output layer once instead of 4 times.
+  # Scoring only the last position: the output layer once instead of 4 times, and the (last)
+  # block's queries, output projection, MLP and attention for 1 position instead of 4.
+  per_query = 2 * (2 * 64 + 2 * 128) + 2 * 2 * 4 * 8
   assert model_lib.forward_flops_per_example(config, 100, scored_positions=1) == (
-      4 * per_token - 3 * 2 * 8 * 100)
+      4 * per_token - 3 * 2 * 8 * 100 - 3 * per_query)
+  two_blocks = dataclasses.replace(config, num_blocks=2)
+  assert model_lib.forward_flops_per_example(two_blocks, 100, scored_positions=1) == (
+      model_lib.forward_flops_per_example(config, 100, scored_positions=1)
+      + 4 * (per_token - 2 * 8 * 100))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("outputs", [1, 2, 5])
+def test_outputs_computes_the_newest_positions_of_the_full_pass(norm, outputs):
+  config = dataclasses.replace(TINY, norm=norm, num_clusters=3, attention_bias=True)
+  model = build_model(config, seed=4)
+  clusters = jnp.where(HISTORIES > 0, HISTORIES % 3 + 1, 0)
+  full = model(HISTORIES, clusters)  # [B, L, D]
+  newest = model(HISTORIES, clusters, outputs=outputs)
+  assert newest.shape == (2, outputs, 8)
+  np.testing.assert_allclose(newest, full[:, -outputs:], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(model.user_vectors(HISTORIES, clusters), full[:, -1],
+                             rtol=1e-5, atol=1e-6)
+  # Every position is the full pass itself.
+  np.testing.assert_array_equal(model(HISTORIES, clusters, outputs=6), full)
+
+
+@pytest.mark.parametrize("outputs", [0, 7, 2.0])
+def test_bad_outputs_are_named(outputs):
+  with pytest.raises(model_lib.SeqRecConfigError, match=f"outputs={outputs!r}"):
+    build_model(TINY)(HISTORIES, outputs=outputs)
 
 
 def test_params_carry_logical_axes():
@@ -243,7 +271,7 @@ def test_positions_from_start_give_each_position_the_state_of_its_own_prefix(nor
     states = model(row)[0]  # [L, D]
     close = np.allclose(states[2:5], model.user_vectors(prefixes), rtol=1e-5, atol=1e-5)
     assert close == same, positions
-    np.testing.assert_allclose(states[-1], model.user_vectors(row)[0], rtol=1e-6)
+    np.testing.assert_allclose(states[-1], model.user_vectors(row)[0], rtol=1e-6, atol=1e-6)
 
 
 def _param_shapes(config: SeqRecConfig) -> dict[str, tuple[int, ...]]:

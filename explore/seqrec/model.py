@@ -214,13 +214,17 @@ class CausalSelfAttention(nnx.Module):
   def _add(x: jax.Array, bias: nnx.Param | None) -> jax.Array:
     return x if bias is None else x + bias[...]
 
-  def __call__(self, x: jax.Array, key_valid: jax.Array, train: bool) -> jax.Array:
-    q = self._add(jnp.einsum("BTD,DHK->BTHK", x, self.q[...]), self.q_bias)  # [B, T, H, K]
+  def __call__(self, x: jax.Array, key_valid: jax.Array, train: bool,
+               queries: int | None = None) -> jax.Array:
+    """[B, S, D] -> [B, T, D]: the newest T = `queries` positions (default all S) attend."""
+    length = x.shape[1]
+    x_q = x if queries is None else x[:, length - queries:]  # [B, T, D]
+    q = self._add(jnp.einsum("BTD,DHK->BTHK", x_q, self.q[...]), self.q_bias)  # [B, T, H, K]
     k = self._add(jnp.einsum("BSD,DHK->BSHK", x, self.k[...]), self.k_bias)  # [B, S, H, K]
     v = self._add(jnp.einsum("BSD,DHK->BSHK", x, self.v[...]), self.v_bias)  # [B, S, H, K]
     logits = jnp.einsum("BTHK,BSHK->BHTS", q, k) * self.scale  # [B, H, T, S]
-    length = x.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))  # [T, S]
+    # Query t is position S - T + t: it sees keys s <= S - T + t.
+    causal = jnp.tril(jnp.ones((length, length), bool))[length - x_q.shape[1]:]  # [T, S]
     allowed = causal[None, None] & key_valid[:, None, None, :]  # [B, 1, T, S]
     logits = jnp.where(allowed, logits, _MASKED)
     weights = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S]
@@ -276,16 +280,24 @@ class Block(nnx.Module):
     self.mlp = FeedForward(config, rngs=rngs)
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-  def __call__(self, x: jax.Array, valid: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, valid: jax.Array, train: bool,
+               outputs: int | None = None) -> jax.Array:
+    """[B, L, D] -> [B, n, D], the newest n = `outputs` positions (default all L).
+
+    Keys and values read every position; the queries, residuals and MLP run
+    on the n outputs only, so a last block that feeds n < L scored positions
+    skips the rest of its work.
+    """
+    rows = slice(None) if outputs is None else slice(x.shape[1] - outputs, None)
     if self.post_norm:
-      attended = self.attention(x, valid, train)
-      x = self.attention_norm(x + self.dropout(attended, deterministic=not train))
+      attended = self.attention(x, valid, train, outputs)
+      x = self.attention_norm(x[:, rows] + self.dropout(attended, deterministic=not train))
       x = self.mlp_norm(x + self.dropout(self.mlp(x, train), deterministic=not train))
     else:
-      attended = self.attention(self.attention_norm(x), valid, train)
-      x = x + self.dropout(attended, deterministic=not train)
+      attended = self.attention(self.attention_norm(x), valid, train, outputs)
+      x = x[:, rows] + self.dropout(attended, deterministic=not train)
       x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return x * valid[..., None]  # padding positions stay zero
+    return x * valid[:, rows, None]  # padding positions stay zero
 
 
 class SeqRecModel(nnx.Module):
@@ -310,12 +322,22 @@ class SeqRecModel(nnx.Module):
     self.final_norm = nnx.data(None) if post else _layer_norm(config, rngs)
 
   def __call__(self, tokens: jax.Array, clusters: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
-    """[B, L] left-padded token ids (+ [B, L] cluster ids) -> [B, L, D] hidden states."""
+               train: bool = False, outputs: int | None = None) -> jax.Array:
+    """[B, L] left-padded token ids (+ [B, L] cluster ids) -> [B, n, D] hidden states.
+
+    n = `outputs`: the newest positions whose states are wanted (default all
+    L); the last block computes only those (the same values as the full
+    pass's [:, -n:], at a fraction of that block's cost).
+    """
     length = tokens.shape[-1]
     if length > self.config.max_len:
       raise SeqRecConfigError(f"SeqRecModel: input length {length} exceeds "
                               f"SeqRecConfig.max_len={self.config.max_len}")
+    if outputs is not None and not (isinstance(outputs, int) and 1 <= outputs <= length):
+      raise SeqRecConfigError(f"SeqRecModel: outputs={outputs!r} must be an integer in "
+                              f"[1, {length}] (the input length)")
+    if outputs == length:
+      outputs = None  # every position: the full pass
     valid = tokens != PAD  # [B, L]
     x = self.items.encode(tokens)  # [B, L, D]
     if self.clusters is not None:
@@ -332,13 +354,14 @@ class SeqRecModel(nnx.Module):
     if self.input_norm is not None:
       x = self.input_norm(x)
     x = self.input_dropout(x, deterministic=not train) * valid[..., None]
-    for block in self.blocks:
-      x = block(x, valid, train)
-    return x if self.final_norm is None else self.final_norm(x)  # [B, L, D]
+    last = len(self.blocks) - 1
+    for i, block in enumerate(self.blocks):
+      x = block(x, valid, train, outputs if i == last else None)
+    return x if self.final_norm is None else self.final_norm(x)  # [B, n, D]
 
   def user_vectors(self, tokens: jax.Array, clusters: jax.Array | None = None) -> jax.Array:
     """[B, L] left-padded histories -> [B, D] user vectors (the last position's state)."""
-    return self(tokens, clusters, train=False)[:, -1]
+    return self(tokens, clusters, train=False, outputs=1)[:, -1]
 
   def item_vectors(self) -> jax.Array:
     """[num_items, D] output embeddings of the catalog in dense item order (row i = item i)."""
@@ -363,11 +386,17 @@ def forward_flops_per_example(config: SeqRecConfig, scored_items: int,
   MLP per token, attention scores and mixing over the full (not halved causal)
   length, and the output layer over `scored_items` candidates at each of the
   `scored_positions` positions that have targets (default: every position).
-  Embedding lookups, norms and softmax are not counted.
+  The last block computes only the scored positions (`SeqRecModel(outputs=)`):
+  its K/V projections read every token, its queries, output projection, MLP
+  and attention only the scored ones. Embedding lookups, norms and softmax are
+  not counted.
   """
   d, f, length = config.embed_dim, config.hidden_dim, config.max_len
   scored_positions = length if scored_positions is None else scored_positions
   heads_dim = config.num_heads * config.head_dim
-  per_token_block = 2 * (4 * d * heads_dim + 2 * d * f) + 2 * 2 * length * heads_dim
-  return float(config.num_blocks * per_token_block * length
+  key_value = 2 * 2 * d * heads_dim  # per token: the K and V projections
+  per_query = 2 * (2 * d * heads_dim + 2 * d * f) + 2 * 2 * length * heads_dim  # Q, O, MLP, attn
+  full_block = (key_value + per_query) * length
+  last_block = key_value * length + per_query * scored_positions
+  return float((config.num_blocks - 1) * full_block + last_block
                + 2 * d * scored_items * scored_positions)

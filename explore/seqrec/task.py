@@ -125,9 +125,9 @@ class SeqRecTask:
 
   def loss(self, model: SeqRecModel, batch: dict[str, jax.Array], train: bool
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    hidden = model(batch["inputs"], batch.get("input_clusters"), train=train)  # [B, L, D]
     targets = batch["targets"]  # [B, S]: the next items of the last S positions (S <= L)
-    hidden = hidden[:, hidden.shape[1] - targets.shape[1]:]  # [B, S, D]
+    hidden = model(batch["inputs"], batch.get("input_clusters"), train=train,
+                   outputs=targets.shape[1])  # [B, S, D]
     hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
     targets = targets.reshape(-1)  # [N]
     weight = (targets != PAD).astype(jnp.float32)  # [N]
