@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -144,8 +145,7 @@ def test_resume_finds_the_stopped_run(tmp_path):
     ({}, (2020, "recbole", 300), r"time_order='exact', not 'recbole'"),
     ({"best_epoch": 2}, (2020, "exact", 300), "holds its best epoch 2, not its last epoch 3"),
     ({}, (2020, "exact", 3), "--epochs=3 is not above the 3 epochs"),
-    ({"checkpoints": ()}, (2020, "exact", 300), "holds 0 checkpoints"),
-    ({"checkpoints": ("a.pth", "b.pth")}, (2020, "exact", 300), "holds 2 checkpoints"),
+    ({"checkpoints": ()}, (2020, "exact", 300), "holds no checkpoint"),
 ])
 def test_resume_refuses_what_it_cannot_continue(tmp_path, run, args, message):
   _stopped_run(tmp_path, **run)
@@ -153,6 +153,78 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, run, args, message):
     recbole_sasrec.previous_run(tmp_path, *args)
 
 
+def test_resume_takes_the_newest_checkpoint(tmp_path):
+  # A resumed run saves a checkpoint of its own beside the one it loaded.
+  _stopped_run(tmp_path, checkpoints=("SASRec-Dec-31-2026_23-00-00.pth",
+                                      "SASRec-Jan-01-2027_01-00-00.pth"))
+  older, newer = tmp_path / "saved" / "SASRec-Jan-01-2027_01-00-00.pth", (
+      tmp_path / "saved" / "SASRec-Dec-31-2026_23-00-00.pth")
+  os.utime(older, (1_000, 1_000))
+  os.utime(newer, (2_000, 2_000))
+  assert recbole_sasrec.previous_run(tmp_path, 2020, "exact", 300)[1] == newer
+
+
 def test_resume_without_a_run_says_so(tmp_path):
-  with pytest.raises(SystemExit, match="report.json not found; train without --resume first"):
+  with pytest.raises(SystemExit, match="report.json not found and .* holds 0 RecBole logs; "
+                                       "train without --resume first"):
     recbole_sasrec.previous_run(tmp_path, 2020, "exact", 300)
+
+
+# RecBole's log of a run killed during its fourth epoch: epochs 1, 2 and 3 validated, the
+# checkpoint saved after epochs 1 and 3 (epoch 2 scored lower).
+KILLED_LOG = """\
+Sat 05 Dec 2026 10:02:51 INFO  [Training]: train_batch_size = [2048]
+Sat 05 Dec 2026 10:08:10 INFO  epoch 0 training [time: 317.97s, train loss: 422.5437]
+Sat 05 Dec 2026 10:08:10 INFO  epoch 0 evaluating [time: 0.25s, valid_score: 0.008800]
+Sat 05 Dec 2026 10:08:10 INFO  valid result: \nhit@10 : 0.0148    ndcg@10 : 0.0088
+Sat 05 Dec 2026 10:08:10 INFO  Saving current: /w/saved/SASRec-Dec-05-2026_10-02-51.pth
+Sat 05 Dec 2026 10:13:02 INFO  epoch 1 training [time: 291.5s, train loss: 394.2448]
+Sat 05 Dec 2026 10:13:02 INFO  epoch 1 evaluating [time: 0.25s, valid_score: 0.006000]
+Sat 05 Dec 2026 10:13:02 INFO  valid result: \nhit@10 : 0.0120    ndcg@10 : 0.0060
+Sat 05 Dec 2026 10:20:18 INFO  epoch 2 training [time: 435.0s, train loss: 388.7935]
+Sat 05 Dec 2026 10:20:18 INFO  epoch 2 evaluating [time: 0.5s, valid_score: 0.012400]
+Sat 05 Dec 2026 10:20:18 INFO  valid result: \nhit@10 : 0.0230    ndcg@10 : 0.0124
+Sat 05 Dec 2026 10:20:18 INFO  Saving current: /w/saved/SASRec-Dec-05-2026_10-02-51.pth
+"""
+
+
+def _killed_run(work_dir, log=KILLED_LOG):
+  (work_dir / "log" / "SASRec").mkdir(parents=True)
+  (work_dir / "log" / "SASRec" / "SASRec-movielens.log").write_text(log)
+  (work_dir / "saved").mkdir()
+  (work_dir / "saved" / "SASRec-Dec-05-2026_10-02-51.pth").write_bytes(b"weights")
+
+
+def test_resume_reads_a_killed_run_off_its_log(tmp_path):
+  _killed_run(tmp_path)
+  previous, checkpoint = recbole_sasrec.previous_run(tmp_path, 2021, "exact", 25)
+  assert previous["recbole"] == {
+      "best_epoch": 3, "epochs_trained": 3, "fit_seconds": 1045.5,
+      "valid_curve": [{"hit@10": 0.0148, "ndcg@10": 0.0088},
+                      {"hit@10": 0.0120, "ndcg@10": 0.0060},
+                      {"hit@10": 0.0230, "ndcg@10": 0.0124}]}
+  assert checkpoint == tmp_path / "saved" / "SASRec-Dec-05-2026_10-02-51.pth"
+
+
+@pytest.mark.parametrize("log,message", [
+    # the last validated epoch scored lower: the checkpoint holds epoch 1, not 2
+    ("\n".join(KILLED_LOG.splitlines()[:10]), "holds its best epoch 1, not its last epoch 2"),
+    (KILLED_LOG.splitlines()[0], "records no validated epoch"),
+], ids=["last-epoch-not-saved", "nothing-validated"])
+def test_resume_refuses_a_killed_run_it_cannot_continue(tmp_path, log, message):
+  _killed_run(tmp_path, log)
+  with pytest.raises(SystemExit, match=message):
+    recbole_sasrec.previous_run(tmp_path, 2021, "exact", 25)
+
+
+def test_resumed_data_must_be_the_runs_own(tmp_path):
+  folder = _folder(tmp_path)
+  recbole_sasrec.write_atomic_file(folder / "ratings.csv", tmp_path / "rb", "exact")
+  before = _inter_rows(tmp_path / "rb")
+  recbole_sasrec.write_atomic_file(folder / "ratings.csv", tmp_path / "rb", "exact",
+                                   must_match=True)  # the same file: checked, kept
+  with pytest.raises(SystemExit, match="is not what --ratings=.* and --time_order=recbole "
+                                       "write; pass the run's own flags"):
+    recbole_sasrec.write_atomic_file(folder / "ratings.csv", tmp_path / "rb", "recbole",
+                                     must_match=True)
+  assert _inter_rows(tmp_path / "rb") == before

@@ -29,8 +29,12 @@ improving: it loads the checkpoint in `--work_dir/saved` (model, optimizer, the
 early-stopping counter; the checkpoint must hold the run's last epoch, i.e. the
 last epoch was its best) and trains on to the new `--epochs` or RecBole's early
 stop, with the validation curve and the fit time carried on from `report.json`
-(kept as `report.epoch<N>.json`). The only difference from an uninterrupted run
-is the random state of the data order after the resumed epoch.
+(kept as `report.epoch<N>.json`). A run killed before it wrote `report.json`
+resumes the same way from its RecBole log (`--work_dir/log`: the validation
+curve, the epochs' training and validation times, the epoch of the last saved
+checkpoint), with the seed checked against the checkpoint's and the time order
+against the data file it trained on. The only difference from an uninterrupted
+run is the random state of the data order after the resumed epoch.
 
 RecBole is not a dependency of explore (it pins NumPy 1 names and pulls ray);
 run it in its own virtual environment that sees the system's packages:
@@ -56,6 +60,7 @@ import csv
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import time
 
@@ -97,19 +102,29 @@ def timestamp_ranks(timestamps: np.ndarray) -> np.ndarray:
   return ranks.astype(np.int64)
 
 
-def write_atomic_file(ratings: Path, data_dir: Path, time_order: str = "recbole") -> None:
-  """ratings.csv (userId, movieId, rating, timestamp) -> RecBole's `<dataset>.inter`."""
+def write_atomic_file(ratings: Path, data_dir: Path, time_order: str = "recbole",
+                      must_match: bool = False) -> None:
+  """ratings.csv (userId, movieId, rating, timestamp) -> RecBole's `<dataset>.inter`.
+
+  With `must_match` the file must already be there with the same contents (a resumed run
+  trains on the data it started on); it is checked, not written.
+  """
   if time_order not in TIME_ORDERS:
     raise SystemExit(f"--time_order={time_order!r}: must be one of {TIME_ORDERS}")
   rows, stamps = read_ratings(ratings)
   if time_order == "exact":
     stamps = timestamp_ranks(stamps)
+  text = "".join(["user_id:token\titem_id:token\trating:float\ttimestamp:float\n"] + [
+      f"{row['userId']}\t{row['movieId']}\t{row['rating']}\t{stamp}\n"
+      for row, stamp in zip(rows, stamps.tolist())])
   target = data_dir / DATASET / f"{DATASET}.inter"
+  if must_match:
+    if not target.is_file() or target.read_text() != text:
+      raise SystemExit(f"--resume: {target} is not what --ratings={ratings} and "
+                       f"--time_order={time_order} write; pass the run's own flags")
+    return
   target.parent.mkdir(parents=True, exist_ok=True)
-  with target.open("w") as dst:
-    dst.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
-    for row, stamp in zip(rows, stamps.tolist()):
-      dst.write(f"{row['userId']}\t{row['movieId']}\t{row['rating']}\t{stamp}\n")
+  target.write_text(text)
 
 
 def export_movielens(ratings: Path, out_dir: Path) -> int:
@@ -282,15 +297,49 @@ def check_parity(model, config, train_batch, test_batch) -> dict[str, float]:
           "users": int(len(reference)), "train_batch": int(len(train_batch))}
 
 
+LOG_TRAINED = re.compile(r"epoch \d+ (?:training|evaluating) \[time: ([0-9.]+)s")
+LOG_VALIDATED = re.compile(r"hit@10 : ([0-9.]+)\s+ndcg@10 : ([0-9.]+)")
+
+
+def interrupted_run(work_dir: Path) -> dict:
+  """What the RecBole log of a run killed before its report says: its curve and time.
+
+  The best epoch is the one of the last saved checkpoint (RecBole saves on every validation
+  NDCG@10 at least as high as the best so far).
+  """
+  report_path = work_dir / "report.json"
+  logs = sorted((work_dir / "log").glob("*/*.log"))
+  if len(logs) != 1:
+    raise SystemExit(f"--resume: {report_path} not found and {work_dir / 'log'} holds "
+                     f"{len(logs)} RecBole logs; train without --resume first")
+  curve, seconds, saved_after = [], 0.0, 0
+  for line in logs[0].read_text().splitlines():
+    if trained := LOG_TRAINED.search(line):
+      seconds += float(trained[1])
+    elif validated := LOG_VALIDATED.search(line):
+      curve.append({f"hit@{TOP_K}": float(validated[1]), f"ndcg@{TOP_K}": float(validated[2])})
+    elif "Saving current:" in line:
+      saved_after = len(curve)
+  if not curve:
+    raise SystemExit(f"--resume: {logs[0]} records no validated epoch; train without "
+                     "--resume first")
+  return {"recbole": {"best_epoch": saved_after, "epochs_trained": len(curve),
+                      "valid_curve": curve, "fit_seconds": round(seconds, 1)},
+          "interrupted_log": str(logs[0])}
+
+
 def previous_run(work_dir: Path, seed: int, time_order: str,
                  epochs: int) -> tuple[dict, Path]:
-  """The report and checkpoint of the run in `work_dir` that `--resume` continues."""
+  """The report and checkpoint of the run in `work_dir` that `--resume` continues.
+
+  A run killed before its report is read off its RecBole log (`interrupted_run`); its seed
+  and time order are checked in `main`, against the checkpoint and the data file.
+  """
   report_path = work_dir / "report.json"
-  if not report_path.is_file():
-    raise SystemExit(f"--resume: {report_path} not found; train without --resume first")
-  report = json.loads(report_path.read_text())
+  report = (json.loads(report_path.read_text()) if report_path.is_file() else
+            interrupted_run(work_dir))
   for name, value in (("seed", seed), ("time_order", time_order)):
-    if report.get(name) != value:
+    if "interrupted_log" not in report and report.get(name) != value:
       raise SystemExit(f"--resume: {report_path} was trained with {name}={report.get(name)!r}, "
                        f"not {value!r}; pass --{name}={report.get(name)}")
   run = report["recbole"]
@@ -302,11 +351,12 @@ def previous_run(work_dir: Path, seed: int, time_order: str,
   if epochs <= run["epochs_trained"]:
     raise SystemExit(f"--resume: --epochs={epochs} is not above the {run['epochs_trained']} "
                      f"epochs {work_dir} has trained")
-  checkpoints = sorted((work_dir / "saved").glob("*.pth"))
-  if len(checkpoints) != 1:
-    raise SystemExit(f"--resume: {work_dir / 'saved'} holds {len(checkpoints)} checkpoints "
-                     f"({[c.name for c in checkpoints]}); it must hold the run's one checkpoint")
-  return report, checkpoints[0]
+  # RecBole names a checkpoint by the time its run started: a resumed run adds one. The newest
+  # is the run's; `main` checks that it holds the last epoch of the curve.
+  checkpoints = sorted((work_dir / "saved").glob("*.pth"), key=lambda c: c.stat().st_mtime)
+  if not checkpoints:
+    raise SystemExit(f"--resume: {work_dir / 'saved'} holds no checkpoint")
+  return report, checkpoints[-1]
 
 
 def main() -> None:
@@ -344,7 +394,8 @@ def main() -> None:
   args.work_dir = args.work_dir.resolve()
   previous, checkpoint = (previous_run(args.work_dir, args.seed, args.time_order, args.epochs)
                           if args.resume else (None, None))
-  write_atomic_file(args.ratings.resolve(), args.work_dir / "data", args.time_order)
+  write_atomic_file(args.ratings.resolve(), args.work_dir / "data", args.time_order,
+                    must_match=previous is not None and "interrupted_log" in previous)
   os.chdir(args.work_dir)  # RecBole writes log/ and log_tensorboard/ into the working folder
   config = Config(model="SASRec", dataset=DATASET, config_dict={
       "data_path": str(args.work_dir / "data"),
@@ -365,11 +416,17 @@ def main() -> None:
   curve = []  # validation HR / NDCG@10 of every epoch (RecBole's protocol)
   fit_before = 0.0
   if previous is not None:
-    trainer.resume_checkpoint(checkpoint)
+    import torch  # pylint: disable=import-outside-toplevel
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     curve = list(previous["recbole"]["valid_curve"])
+    if saved["config"]["seed"] != args.seed or saved["epoch"] + 1 != len(curve):
+      raise SystemExit(f"--resume: {checkpoint} holds epoch {saved['epoch'] + 1} of seed "
+                       f"{saved['config']['seed']}, not epoch {len(curve)} of --seed={args.seed}")
+    trainer.resume_checkpoint(checkpoint)
     fit_before = previous["recbole"]["fit_seconds"]
-    shutil.copyfile(args.work_dir / "report.json",
-                    args.work_dir / f"report.epoch{len(curve)}.json")
+    if "interrupted_log" not in previous:
+      shutil.copyfile(args.work_dir / "report.json",
+                      args.work_dir / f"report.epoch{len(curve)}.json")
   valid_epoch = trainer._valid_epoch  # pylint: disable=protected-access
 
   def recording_valid_epoch(*a, **kw):
