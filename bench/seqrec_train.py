@@ -43,16 +43,18 @@ from explore.seqrec import training as training_lib
 from explore.seqrec.stage import SeqRecStageOptions, model_config
 from explore.seqrec.task import SoftmaxConfig
 
-# name -> (gin files, number of clusters of the run file's exploration level)
+# name -> (gin files, number of clusters of the run file's exploration level); the data is the
+# run file's: MovieLens for movielens.gin, the synthetic platform for quickstart.gin
 CONFIGS = {
     "movielens": (("movielens.gin", "seqrec/movielens_sasrec.gin"), 128),
+    "movielens_large": (("movielens.gin", "seqrec/movielens_sasrec_large.gin"), 128),
     "movielens_preln": (("movielens.gin", "seqrec/movielens_sasrec_preln.gin"), 128),
     "quickstart": (("quickstart.gin", "seqrec/quickstart.gin"), 256),
 }
 
 
 def _interactions(name: str, movielens_dir: str):
-  if name == "movielens":
+  if CONFIGS[name][0][0] == "movielens.gin":
     return movielens.load_movielens(path=movielens_dir).interactions
   _, interactions, _ = synthetic.generate()
   return interactions

@@ -228,3 +228,10 @@ def test_resumed_data_must_be_the_runs_own(tmp_path):
     recbole_sasrec.write_atomic_file(folder / "ratings.csv", tmp_path / "rb", "recbole",
                                      must_match=True)
   assert _inter_rows(tmp_path / "rb") == before
+
+
+def test_the_best_epoch_is_the_last_of_a_tie():
+  # RecBole rounds its scores and saves on a tie: the checkpoint holds the later epoch.
+  curve = [{"ndcg@10": v} for v in (0.0300, 0.0357, 0.0331, 0.0357, 0.0354)]
+  assert recbole_sasrec.best_saved_epoch(curve) == 4
+  assert recbole_sasrec.best_saved_epoch(curve[:3]) == 2

@@ -333,6 +333,22 @@ def test_every_model_preset_overrides_the_movielens_model(name):
   assert config.embed_dim % config.num_heads == 0 and config.max_len == 50
 
 
+def test_the_large_movielens_config_is_the_recipe_with_the_large_shape():
+  shapes = {}
+  for name in ("movielens_sasrec.gin", "movielens_sasrec_large.gin"):
+    gin_config.parse_gin(["movielens.gin", f"seqrec/{name}"],
+                         ["RUN_DIR = '/tmp/explore_config_check'", "MOVIELENS_DIR = '/tmp/ml'"])
+    config, training = SeqRecConfig(num_items=100), training_lib.SeqRecTraining()
+    shapes[name] = (config.embed_dim, config.num_heads, config.hidden_dim)
+    recipe = (config.norm, config.init, config.num_blocks, config.dropout, config.max_len,
+              training.window_stride, training.learning_rate, training.param_average_decay,
+              training.train_epochs, training.patience)
+    shapes[name, "recipe"] = recipe
+  assert shapes["movielens_sasrec.gin"] == (64, 2, 256)
+  assert shapes["movielens_sasrec_large.gin"] == (128, 4, 512)
+  assert shapes["movielens_sasrec.gin", "recipe"] == shapes["movielens_sasrec_large.gin", "recipe"]
+
+
 def test_the_published_sasrec_preset_has_its_shape():
   gin_config.parse_gin(["seqrec/models/sasrec.gin"], [])
   config = SeqRecConfig(num_items=100)

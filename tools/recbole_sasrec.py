@@ -297,6 +297,17 @@ def check_parity(model, config, train_batch, test_batch) -> dict[str, float]:
           "users": int(len(reference)), "train_batch": int(len(train_batch))}
 
 
+def best_saved_epoch(curve: list[dict[str, float]]) -> int:
+  """The epoch (from 1) whose checkpoint RecBole keeps: the last of the highest NDCG@10.
+
+  RecBole saves on every validation score at least as high as the best so far, and its scores
+  are rounded (4 places), so ties are common and the later epoch is the one kept. After a
+  resume with no better epoch RecBole returns no best result, so the report reads it here.
+  """
+  scores = [c[f"ndcg@{TOP_K}"] for c in curve]
+  return len(scores) - int(np.argmax(scores[::-1]))
+
+
 LOG_TRAINED = re.compile(r"epoch \d+ (?:training|evaluating) \[time: ([0-9.]+)s")
 LOG_VALIDATED = re.compile(r"hit@10 : ([0-9.]+)\s+ndcg@10 : ([0-9.]+)")
 
@@ -449,8 +460,7 @@ def main() -> None:
   for batch in test_data:
     for user, item in zip(batch[0]["user_id"].tolist(), batch[0]["item_id"].tolist()):
       test_targets[user] = {item}
-  # after a resume with no better epoch RecBole keeps no best result: read it off the curve
-  best_epoch = 1 + int(np.argmax([c[f"ndcg@{TOP_K}"] for c in curve]))
+  best_epoch = best_saved_epoch(curve)
   report = {
       "recbole": {"best_valid": curve[best_epoch - 1] if best_valid is None else
                                 {k: float(v) for k, v in best_valid.items()},
