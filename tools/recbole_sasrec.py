@@ -31,9 +31,8 @@ last epoch was its best) and trains on to the new `--epochs` or RecBole's early
 stop, with the validation curve and the fit time carried on from `report.json`
 (kept as `report.epoch<N>.json`). A run killed before it wrote `report.json`
 resumes the same way from its RecBole log (`--work_dir/log`: the validation
-curve, the epochs' training and validation times, the epoch of the last saved
-checkpoint), with the seed checked against the checkpoint's and the time order
-against the data file it trained on. The only difference from an uninterrupted
+curve and the epochs' training and validation times), with the seed checked
+against the checkpoint's and the time order against the data file it trained on. The only difference from an uninterrupted
 run is the random state of the data order after the resumed epoch.
 
 RecBole is not a dependency of explore (it pins NumPy 1 names and pulls ray);
@@ -313,28 +312,22 @@ LOG_VALIDATED = re.compile(r"hit@10 : ([0-9.]+)\s+ndcg@10 : ([0-9.]+)")
 
 
 def interrupted_run(work_dir: Path) -> dict:
-  """What the RecBole log of a run killed before its report says: its curve and time.
-
-  The best epoch is the one of the last saved checkpoint (RecBole saves on every validation
-  NDCG@10 at least as high as the best so far).
-  """
+  """What the RecBole log of a run killed before its report says: its curve and time."""
   report_path = work_dir / "report.json"
   logs = sorted((work_dir / "log").glob("*/*.log"))
   if len(logs) != 1:
     raise SystemExit(f"--resume: {report_path} not found and {work_dir / 'log'} holds "
                      f"{len(logs)} RecBole logs; train without --resume first")
-  curve, seconds, saved_after = [], 0.0, 0
+  curve, seconds = [], 0.0
   for line in logs[0].read_text().splitlines():
     if trained := LOG_TRAINED.search(line):
       seconds += float(trained[1])
     elif validated := LOG_VALIDATED.search(line):
       curve.append({f"hit@{TOP_K}": float(validated[1]), f"ndcg@{TOP_K}": float(validated[2])})
-    elif "Saving current:" in line:
-      saved_after = len(curve)
   if not curve:
     raise SystemExit(f"--resume: {logs[0]} records no validated epoch; train without "
                      "--resume first")
-  return {"recbole": {"best_epoch": saved_after, "epochs_trained": len(curve),
+  return {"recbole": {"best_epoch": best_saved_epoch(curve), "epochs_trained": len(curve),
                       "valid_curve": curve, "fit_seconds": round(seconds, 1)},
           "interrupted_log": str(logs[0])}
 
@@ -362,8 +355,8 @@ def previous_run(work_dir: Path, seed: int, time_order: str,
   if epochs <= run["epochs_trained"]:
     raise SystemExit(f"--resume: --epochs={epochs} is not above the {run['epochs_trained']} "
                      f"epochs {work_dir} has trained")
-  # RecBole names a checkpoint by the time its run started: a resumed run adds one. The newest
-  # is the run's; `main` checks that it holds the last epoch of the curve.
+  # RecBole 1.2.1 saves a resumed run into the checkpoint it loaded; should the folder hold
+  # several, the newest is the run's. `main` checks that it holds the curve's last epoch.
   checkpoints = sorted((work_dir / "saved").glob("*.pth"), key=lambda c: c.stat().st_mtime)
   if not checkpoints:
     raise SystemExit(f"--resume: {work_dir / 'saved'} holds no checkpoint")
